@@ -1,0 +1,67 @@
+"""The FastAPI application factory.
+
+``create_app`` takes a :class:`~service.runtime.Runtime` and optional background services
+(the in-process worker, webhook delivery, discovery), each an async context manager entered
+for the lifetime of the app. The API itself never imports the worker: the CLI decides what
+runs beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api import errors
+from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, SecurityHeadersMiddleware
+from service.api.routes import health
+from service.runtime import Runtime
+
+Background = Callable[[], AbstractAsyncContextManager[object]]
+
+DESCRIPTION = """
+Brings Microsoft 365 accounts back from Exchange Online's restricted-sender list, following
+Microsoft's procedure: reset the password at once (never e-mailed), look the sender up with
+`Get-BlockedSenderAddress`, unblock it with `Remove-BlockedSenderAddress`, then wait for
+sending to come back while watching for a re-block.
+
+Each request opens a **case**, a durable state machine the service drives to the end.
+Errors are `application/problem+json` (RFC 9457). Authenticate with
+`Authorization: Bearer <api key>`; each operation names the scope it needs.
+"""
+
+TAGS = [
+    {"name": "cases", "description": "Open, follow and steer unblock cases."},
+    {"name": "credentials", "description": "The temporary password, revealed once."},
+    {"name": "senders", "description": "The tenant's live restricted-sender list."},
+    {"name": "webhooks", "description": "Signed event deliveries to ticketing systems."},
+    {"name": "health", "description": "Liveness, readiness and metrics."},
+]
+
+
+def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for service in background:
+                await stack.enter_async_context(service())
+            yield
+
+    app = FastAPI(
+        title="unblock-service",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.runtime = runtime
+    errors.install(app)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestContextMiddleware)
+    return app

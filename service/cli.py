@@ -1,0 +1,256 @@
+"""``unblock``: the command line (contract section 2).
+
+Every command reads its configuration from the environment. Bad input gives one line on
+stderr and exit status 2, never a traceback: :func:`main` is the only entry point and it
+turns every expected error into that line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from service import __version__
+from service.config import Settings, SettingsError, load_settings, parse_duration
+from service.errors import InvalidInput, NotFound, ServiceError
+from service.logging import configure as configure_logging
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="unblock",
+    help="Bring Microsoft 365 accounts back from Exchange Online's restricted-sender list.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+class CliError(Exception):
+    """An expected failure: one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    raise CliError(message, code)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def settings_for_cli(**overrides: Any) -> Settings:
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"unblock-service {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Bring Microsoft 365 accounts back from Exchange Online's restricted-sender list."""
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest version (alembic upgrade head)."""
+    from service.persistence.migrate import current_revision, upgrade
+
+    settings = settings_for_cli()
+    upgrade(settings.database_url)
+    typer.echo(f"database at revision {current_revision(settings.database_url)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    sandbox: Annotated[
+        bool, typer.Option("--sandbox", help="Also start the sandbox tenant in-process and use it.")
+    ] = False,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Serve the API only.")] = False,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="Do not migrate the database on start.")
+    ] = False,
+) -> None:
+    """Run the API (and, unless --no-worker, the worker in the same process)."""
+    from service.serving import serve_forever
+
+    settings = settings_for_cli(sandbox=sandbox)
+    serve_forever(settings, host=host, port=port, worker=not no_worker, migrate=not no_migrate)
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Who or what uses the key, e.g. servicenow.")],
+    scope: Annotated[list[str], typer.Option("--scope", help="A scope; repeat for several.")],
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="Lifetime, e.g. 90d or 12h; default: no expiry.")
+    ] = None,
+) -> None:
+    """Create an API key; the key itself is printed once, alone on the last line."""
+    from service.persistence import keys as key_rows
+    from service.persistence.db import Database
+    from service.security.keys import generate_key
+    from service.security.scopes import parse_scopes
+
+    name = name.strip()
+    if not name or len(name) > 128:
+        fail("--name must be 1 to 128 characters")
+    try:
+        scopes = parse_scopes(scope)
+        lifetime = parse_duration(expires_in) if expires_in else None
+    except ValueError as error:
+        fail(str(error))
+    settings = settings_for_cli()
+
+    async def create() -> Any:
+        from service.persistence.types import utcnow
+
+        db = Database(settings.database_url)
+        try:
+            new = generate_key()
+            expires = utcnow() + timedelta(seconds=lifetime) if lifetime else None
+            record = await key_rows.create_key(
+                db, name=name, prefix=new.prefix, key_hash=new.key_hash, scopes=scopes, expires_at=expires
+            )
+            return record, new.plaintext
+        finally:
+            await db.dispose()
+
+    record, plaintext = run(create())
+    typer.echo(
+        f"created API key {record.id} named {record.name!r} ({record.prefix}) with scopes {', '.join(scopes)}"
+    )
+    if record.expires_at:
+        typer.echo(f"it expires at {record.expires_at.isoformat()}")
+    typer.echo("store it now: it is shown only this once")
+    typer.echo(plaintext)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never the keys themselves)."""
+    from service.persistence import keys as key_rows
+    from service.persistence.db import Database
+    from service.persistence.types import utcnow
+
+    settings = settings_for_cli()
+
+    async def fetch() -> Any:
+        db = Database(settings.database_url)
+        try:
+            return await key_rows.list_keys(db)
+        finally:
+            await db.dispose()
+
+    rows = run(fetch())
+    now = utcnow()
+    typer.echo(f"{'ID':26}  {'PREFIX':12}  {'NAME':20}  {'STATUS':8}  {'LAST USED':25}  SCOPES")
+    for row in rows:
+        status = "revoked" if row.revoked_at else ("active" if row.usable(now) else "expired")
+        last = row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never"
+        typer.echo(
+            f"{row.id:26}  {row.prefix:12}  {row.name[:20]:20}  {status:8}  {last:25}  {' '.join(row.scopes)}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(metavar="ID", help="Key id or prefix.")]) -> None:
+    """Revoke an API key at once."""
+    from service.persistence import keys as key_rows
+    from service.persistence.db import Database
+
+    settings = settings_for_cli()
+
+    async def revoke() -> Any:
+        db = Database(settings.database_url)
+        try:
+            return await key_rows.revoke_key(db, key_id=key_id)
+        finally:
+            await db.dispose()
+
+    record = run(revoke())
+    typer.echo(f"revoked API key {record.id} ({record.prefix}, {record.name!r})")
+
+
+@keys_app.command("secret")
+def keys_secret() -> None:
+    """Print a new random value for UNBLOCK_SECRET_KEY."""
+    from service.security.keys import generate_secret_key
+
+    typer.echo(generate_secret_key())
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every expected failure is one line on stderr and exit status 2."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="unblock", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("unblock: aborted", err=True)
+        return 130
+    except typer.TyperException as error:
+        # Usage errors (unknown option, missing parameter, bad value) from Typer's click.
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        ctx = getattr(error, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        typer.echo(f"unblock: error: {_one_line(message)}{hint}", err=True)
+        return 2
+    except CliError as error:
+        typer.echo(f"unblock: error: {_one_line(str(error))}", err=True)
+        return error.code
+    except SettingsError as error:
+        typer.echo(f"unblock: configuration error: {_one_line(str(error))}", err=True)
+        return 2
+    except (InvalidInput, NotFound) as error:
+        typer.echo(f"unblock: error: {_one_line(error.message)}", err=True)
+        return 2
+    except ServiceError as error:
+        typer.echo(f"unblock: error: {_one_line(error.message)}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - the promise is one line, never a traceback
+        typer.echo(f"unblock: internal error: {type(error).__name__}: {_one_line(str(error))}", err=True)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

@@ -1,0 +1,397 @@
+"""What a case does next: the engine's decisions as pure functions.
+
+The worker runs one step at a time. Before the step it asks :func:`next_step` which step is
+due and :func:`begin` whether starting it moves the case to a new state; after the step it
+hands the result to :func:`decide`, which returns a :class:`Decision` that persistence
+applies in one transaction. Approve, cancel and retry are decided here too, so the API and
+the worker share one set of rules. Nothing here reads a clock, a database or the network:
+``now`` and the jitter ``spread`` come in as arguments, so tests skip time instead of
+sleeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from service.domain.plan import resume_step_after
+from service.domain.retry import RetryPolicy, next_attempt_at
+from service.domain.states import (
+    DONE_STATUSES,
+    SECURING_STEPS,
+    STEP_STATE,
+    TERMINAL_STATES,
+    CaseState,
+    Outcome,
+    StepName,
+    StepStatus,
+)
+from service.domain.tenant import Restriction
+from service.domain.transitions import Action, apply
+
+#: Codes after which a person must act; retrying on our own would not help.
+ESCALATING_CODES: frozenset[str] = frozenset(
+    {"unblock_limit_exceeded", "permission_denied", "synced_user", "reblocked", "still_restricted"}
+)
+
+#: What the person who picks up an escalated or failed case should do, by error code.
+GUIDANCE: dict[str, str] = {
+    "unblock_limit_exceeded": (
+        "The sender has been unblocked as often as Exchange Online allows. Only Microsoft support "
+        "can release it now: open a support request, then retry this case once they have."
+    ),
+    "permission_denied": (
+        "The remoting account lacks a role this command needs (Security Administrator or Organization "
+        "Management to unblock, User Administrator to reset passwords). Grant it, then retry."
+    ),
+    "synced_user": (
+        "The account is synced from on-premises Active Directory, so its password must be reset there. "
+        "Set UNBLOCK_PASSWORD_BACKEND=ad (or reset it by hand), then retry."
+    ),
+    "reblocked": (
+        "The sender was restricted again while sending was coming back: the account is probably still "
+        "compromised. Check its sign-ins, inbox rules and app passwords before retrying."
+    ),
+    "still_restricted": (
+        "Remove-BlockedSenderAddress reported success but the sender is still on the restricted list. "
+        "Check the Microsoft 365 Defender portal (Restricted entities), then retry."
+    ),
+    "mailbox_not_found": "The tenant has no such user or mailbox. Check the address in the ticket.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StepView:
+    name: StepName
+    status: StepStatus
+    attempts: int = 0
+    failures: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CaseView:
+    """The parts of a case the decisions look at."""
+
+    state: CaseState
+    steps: tuple[StepView, ...]
+    require_approval: bool = False
+    sending_restored_by: datetime | None = None
+
+    def step(self, name: StepName) -> StepView:
+        for step in self.steps:
+            if step.name is name:
+                return step
+        raise KeyError(name)
+
+    def with_step(self, updated: StepView) -> CaseView:
+        return replace(self, steps=tuple(updated if s.name is updated.name else s for s in self.steps))
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    propagation_wait: float
+    recheck_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """A step did its work. ``restriction`` is what a lookup found (None: not listed)."""
+
+    restriction: Restriction | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    code: str
+    message: str
+    retryable: bool
+    retry_after: float | None = None
+
+    def as_error(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+StepResult = Succeeded | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class StepChange:
+    name: StepName
+    status: StepStatus
+    error: dict[str, Any] | None = None
+    reset_counters: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Everything one transaction must write after a step, an approval, a cancel or a retry."""
+
+    state: CaseState
+    action: Action | None
+    steps: tuple[StepChange, ...]
+    next_action_at: datetime | None
+    outcome: Outcome | None = None
+    last_error: dict[str, Any] | None = None
+    restriction: dict[str, Any] | None = None
+    sending_restored_by: datetime | None = None
+    summary: str = ""
+
+    @property
+    def changes_state(self) -> bool:
+        return self.action is not None
+
+
+def next_step(case: CaseView) -> StepName | None:
+    """The step the worker should run now, or None when the case waits for a person or is done."""
+    if case.state in TERMINAL_STATES or case.state is CaseState.awaiting_approval:
+        return None
+    for step in case.steps:
+        if step.status not in DONE_STATUSES:
+            return step.name
+    return None
+
+
+def begin(case: CaseView, step: StepName) -> Action | None:
+    """The state change that starting ``step`` implies (received -> securing, and so on)."""
+    target = STEP_STATE[step]
+    if case.state is target:
+        return None
+    if case.state is CaseState.received:
+        return Action.secure if target is CaseState.securing_account else Action.check
+    if case.state is CaseState.securing_account and target is CaseState.checking_restriction:
+        return Action.check
+    return None
+
+
+def needs_precheck(step: StepView) -> bool:
+    """An unblock retried after an unknown outcome looks at the list before removing again."""
+    return step.name is StepName.unblock and step.attempts > 1
+
+
+def _later(now: datetime, seconds: float, cap: datetime | None) -> datetime:
+    at = now + timedelta(seconds=seconds)
+    return min(at, cap) if cap is not None else at
+
+
+def decide(
+    case: CaseView,
+    step: StepName,
+    result: StepResult,
+    now: datetime,
+    *,
+    policy: RetryPolicy,
+    timing: Timing,
+    spread: float = 0.5,
+) -> Decision:
+    """The decision after ``step`` ran with ``result`` (the step is already marked running)."""
+    if isinstance(result, Failed):
+        return _on_failure(case, step, result, now, policy=policy, spread=spread)
+    if step in SECURING_STEPS:
+        return _after_securing(case, step, now)
+    if step is StepName.check_restriction:
+        return _after_check(case, result, now)
+    if step is StepName.unblock:
+        return _move(case, Action.verify, (StepChange(step, StepStatus.succeeded),), now, "unblocked")
+    if step is StepName.verify:
+        return _after_verify(case, result, now, policy=policy, timing=timing, spread=spread)
+    return _after_recheck(case, result, now, timing=timing)
+
+
+def _move(
+    case: CaseView,
+    action: Action,
+    steps: tuple[StepChange, ...],
+    next_at: datetime | None,
+    summary: str,
+    **fields: Any,
+) -> Decision:
+    return Decision(
+        state=apply(action, case.state),
+        action=action,
+        steps=steps,
+        next_action_at=next_at,
+        summary=summary,
+        **fields,
+    )
+
+
+def _stay(
+    case: CaseView, steps: tuple[StepChange, ...], next_at: datetime | None, summary: str, **fields: Any
+) -> Decision:
+    return Decision(
+        state=case.state, action=None, steps=steps, next_action_at=next_at, summary=summary, **fields
+    )
+
+
+def _after_securing(case: CaseView, step: StepName, now: datetime) -> Decision:
+    done = (StepChange(step, StepStatus.succeeded),)
+    remaining = [
+        s
+        for s in case.steps
+        if s.name in SECURING_STEPS and s.name is not step and s.status not in DONE_STATUSES
+    ]
+    if remaining:
+        return _stay(case, done, now, f"{step.value} done")
+    return _move(case, Action.check, done, now, "account secured")
+
+
+def _skip_rest(case: CaseView, after: StepName) -> tuple[StepChange, ...]:
+    names = [s.name for s in case.steps]
+    later = names[names.index(after) + 1 :]
+    return tuple(StepChange(n, StepStatus.skipped) for n in later if case.step(n).status not in DONE_STATUSES)
+
+
+def _after_check(case: CaseView, result: Succeeded, now: datetime) -> Decision:
+    done = StepChange(StepName.check_restriction, StepStatus.succeeded)
+    if result.restriction is None:
+        return _move(
+            case,
+            Action.resolve,
+            (done, *_skip_rest(case, StepName.check_restriction)),
+            None,
+            "sender is not on the restricted list",
+            outcome=Outcome.not_restricted,
+        )
+    restriction = result.restriction.as_case_field()
+    if case.require_approval:
+        return _move(
+            case,
+            Action.await_approval,
+            (done,),
+            None,
+            "restricted; waiting for approval",
+            restriction=restriction,
+        )
+    return _move(case, Action.unblock, (done,), now, "restricted; unblocking", restriction=restriction)
+
+
+def _after_verify(
+    case: CaseView, result: Succeeded, now: datetime, *, policy: RetryPolicy, timing: Timing, spread: float
+) -> Decision:
+    if result.restriction is not None:
+        still = Failed(
+            "still_restricted",
+            "the sender is still on the restricted list after Remove-BlockedSenderAddress",
+            retryable=True,
+        )
+        return _on_failure(case, StepName.verify, still, now, policy=policy, spread=spread)
+    restored_by = now + timedelta(seconds=timing.propagation_wait)
+    done = StepChange(StepName.verify, StepStatus.succeeded)
+    if timing.propagation_wait <= 0:
+        return _move(
+            case,
+            Action.resolve,
+            (done, StepChange(StepName.propagation, StepStatus.succeeded)),
+            None,
+            "unblocked; no propagation wait configured",
+            outcome=Outcome.unblocked,
+            sending_restored_by=restored_by,
+        )
+    return _move(
+        case,
+        Action.wait,
+        (done, StepChange(StepName.propagation, StepStatus.running)),
+        _later(now, timing.recheck_interval, restored_by),
+        "unblocked; waiting for sending to come back",
+        sending_restored_by=restored_by,
+    )
+
+
+def _after_recheck(case: CaseView, result: Succeeded, now: datetime, *, timing: Timing) -> Decision:
+    if result.restriction is not None:
+        error = {"code": "reblocked", "message": GUIDANCE["reblocked"], "retryable": False}
+        return _move(
+            case,
+            Action.escalate,
+            (StepChange(StepName.propagation, StepStatus.failed, error),),
+            None,
+            "re-blocked while waiting",
+            outcome=Outcome.escalated,
+            last_error=error,
+            restriction=result.restriction.as_case_field(),
+        )
+    restored_by = case.sending_restored_by or now
+    if now >= restored_by:
+        return _move(
+            case,
+            Action.resolve,
+            (StepChange(StepName.propagation, StepStatus.succeeded),),
+            None,
+            "sending restored",
+            outcome=Outcome.unblocked,
+        )
+    return _stay(
+        case,
+        (StepChange(StepName.propagation, StepStatus.running),),
+        _later(now, timing.recheck_interval, restored_by),
+        "still unblocked; waiting",
+    )
+
+
+def _on_failure(
+    case: CaseView, step: StepName, failed: Failed, now: datetime, *, policy: RetryPolicy, spread: float
+) -> Decision:
+    failures = case.step(step).failures + 1
+    escalates = failed.code in ESCALATING_CODES
+    if failed.retryable and policy.retries_left(failures, failed.code):
+        error = failed.as_error()
+        pending = StepStatus.running if step is StepName.propagation else StepStatus.pending
+        return _stay(
+            case,
+            (StepChange(step, pending, error),),
+            next_attempt_at(policy, failures, now, retry_after=failed.retry_after, spread=spread),
+            f"{step.value} failed ({failed.code}); retrying",
+            last_error=error,
+        )
+    message = failed.message
+    if failed.retryable:
+        message = f"{failed.message} (gave up after {failures} attempts)"
+    guidance = GUIDANCE.get(failed.code)
+    if guidance:
+        message = f"{message}. {guidance}"
+    error = {"code": failed.code, "message": message, "retryable": False}
+    action, outcome = (Action.escalate, Outcome.escalated) if escalates else (Action.fail, Outcome.failed)
+    return _move(
+        case,
+        action,
+        (StepChange(step, StepStatus.failed, error),),
+        None,
+        f"{step.value} failed ({failed.code})",
+        outcome=outcome,
+        last_error=error,
+    )
+
+
+def approve(case: CaseView, now: datetime) -> Decision:
+    return _move(case, Action.approve, (), now, "unblock approved")
+
+
+def cancel(case: CaseView) -> Decision:
+    pending = tuple(
+        StepChange(s.name, StepStatus.skipped) for s in case.steps if s.status in (StepStatus.pending,)
+    )
+    return _move(case, Action.cancel, pending, None, "cancelled", outcome=Outcome.cancelled)
+
+
+_RETRY_ACTION: dict[CaseState, Action] = {
+    CaseState.securing_account: Action.retry_securing,
+    CaseState.checking_restriction: Action.retry_check,
+    CaseState.unblocking: Action.retry_unblock,
+    CaseState.verifying: Action.retry_verify,
+}
+
+
+def retry(case: CaseView, now: datetime) -> Decision:
+    """Resume a failed or escalated case at the step that stopped it; later steps start afresh."""
+    failed = next((s for s in case.steps if s.status is StepStatus.failed), None)
+    resume = resume_step_after(failed.name) if failed else next_step(replace(case, state=CaseState.received))
+    if resume is None:
+        resume = StepName.check_restriction
+    action = _RETRY_ACTION[STEP_STATE[resume]]
+    names = [s.name for s in case.steps]
+    again = tuple(
+        StepChange(n, StepStatus.pending, None, reset_counters=True) for n in names[names.index(resume) :]
+    )
+    return _move(case, action, again, now, f"retry from {resume.value}", outcome=None, last_error=None)

@@ -1,0 +1,148 @@
+"""Tables. Alembic migrations are written from these (alembic/versions)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from service.persistence.types import BigIntId, JSONType, UTCDateTime, new_id
+
+
+def _dt(*, nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+class Case(SQLModel, table=True):
+    """One unblock case: a state-machine row. ``version`` guards every change (compare-and-set)."""
+
+    __tablename__ = "cases"
+    __table_args__ = (
+        # At most one open case per mailbox (contract: a second create answers 409).
+        Index(
+            "uq_cases_open_mailbox",
+            "mailbox",
+            unique=True,
+            sqlite_where=text("is_open = 1"),
+            postgresql_where=text("is_open"),
+        ),
+        # The worker's question: which open cases are due, earliest first.
+        Index(
+            "ix_cases_due",
+            "next_action_at",
+            sqlite_where=text("is_open = 1"),
+            postgresql_where=text("is_open"),
+        ),
+        Index("ix_cases_created", "created_at", "id"),
+        Index("ix_cases_state_created", "state", "created_at", "id"),
+        Index("ix_cases_mailbox_created", "mailbox", "created_at", "id"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=26)
+    mailbox: str = Field(max_length=254)
+    state: str = Field(max_length=32)
+    outcome: str | None = Field(default=None, max_length=32)
+    is_open: bool = Field(default=True)
+    ticket_ref: str | None = Field(default=None, max_length=128, index=True)
+    requested_by: str | None = Field(default=None, max_length=128)
+    note: str | None = Field(default=None, max_length=2000)
+    actions: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    require_approval: bool = Field(default=False)
+    restriction: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
+    last_error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
+    next_action_at: datetime | None = _dt()
+    sending_restored_by: datetime | None = _dt()
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: datetime | None = _dt()
+    created_by: str = Field(max_length=128)
+    created_at: datetime = _dt(nullable=False)
+    updated_at: datetime = _dt(nullable=False)
+    finished_at: datetime | None = _dt()
+    version: int = Field(default=1)
+
+
+class CaseStep(SQLModel, table=True):
+    """A durable step: checked before it runs, recorded after, keyed by (case, step)."""
+
+    __tablename__ = "case_steps"
+
+    case_id: str = Field(foreign_key="cases.id", primary_key=True, max_length=26, ondelete="CASCADE")
+    name: str = Field(primary_key=True, max_length=32)
+    position: int
+    status: str = Field(max_length=16)
+    attempts: int = 0
+    failures: int = 0
+    started_at: datetime | None = _dt()
+    finished_at: datetime | None = _dt()
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
+
+
+class CaseEvent(SQLModel, table=True):
+    """The timeline: one row per change, appended in the transaction that made the change."""
+
+    __tablename__ = "case_events"
+    __table_args__ = (Index("ix_case_events_case", "case_id", "id"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
+    case_id: str = Field(foreign_key="cases.id", max_length=26, ondelete="CASCADE")
+    at: datetime = _dt(nullable=False)
+    actor: str = Field(max_length=128)
+    type: str = Field(max_length=48)
+    from_state: str | None = Field(default=None, max_length=32)
+    to_state: str | None = Field(default=None, max_length=32)
+    step: str | None = Field(default=None, max_length=32)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+
+
+class Credential(SQLModel, table=True):
+    """A temporary password, sealed (AES-GCM) before it is sent to the tenant; never stored in clear."""
+
+    __tablename__ = "credentials"
+
+    case_id: str = Field(foreign_key="cases.id", primary_key=True, max_length=26, ondelete="CASCADE")
+    key_id: str = Field(max_length=32)
+    sealed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    created_at: datetime = _dt(nullable=False)
+    applied_at: datetime | None = _dt()
+    expires_at: datetime | None = _dt(index=True)
+    revealed_at: datetime | None = _dt()
+    revealed_by: str | None = Field(default=None, max_length=128)
+    destroyed_at: datetime | None = _dt()
+    destroyed_reason: str | None = Field(default=None, max_length=32)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key, stored as a SHA-256 hash; ``prefix`` identifies it in lists and logs."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=26)
+    name: str = Field(max_length=128)
+    prefix: str = Field(max_length=32, unique=True)
+    key_hash: str = Field(max_length=64)
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = _dt(nullable=False)
+    expires_at: datetime | None = _dt()
+    revoked_at: datetime | None = _dt()
+    last_used_at: datetime | None = _dt()
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first response to a create with an Idempotency-Key, replayed for identical retries."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("principal", "key", name="uq_idempotency_principal_key"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
+    principal: str = Field(max_length=128)
+    key: str = Field(max_length=255)
+    request_hash: str = Field(max_length=64)
+    status_code: int
+    response: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    location: str | None = Field(default=None, max_length=255)
+    created_at: datetime = _dt(nullable=False, index=True)
+
+
+metadata = SQLModel.metadata

@@ -1,0 +1,131 @@
+"""Settings: defaults from the contract, durations, and one-line errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings, SettingsError, load_settings, parse_duration
+
+
+def test_defaults_follow_the_contract() -> None:
+    """Every default of contract section 3 holds with an empty environment."""
+    s = load_settings()
+    assert s.database_url == "sqlite:///./unblock.db"
+    assert (s.ps_port, s.ps_ssl, s.ps_path) == (5986, True, "wsman")
+    assert s.ps_auth == "negotiate"
+    assert s.ps_encryption == "auto"
+    assert s.ps_cert_validation is True
+    assert s.ps_configuration_name == "Microsoft.PowerShell"
+    assert s.ps_pool_size == 4
+    assert s.ps_call_timeout == 120
+    assert s.password_backend == "graph"
+    assert s.allowed_domains == []
+    assert s.propagation_wait == 4 * 3600
+    assert s.recheck_interval == 15 * 60
+    assert s.require_approval is False
+    assert s.credential_ttl == 24 * 3600
+    assert s.discovery_interval == 300
+    assert s.auto_remediate is False
+    assert s.log_format is None  # console on a TTY, json otherwise
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("30s", 30),
+        ("15m", 900),
+        ("4h", 14400),
+        ("1d", 86400),
+        ("0", 0),
+        ("1.5h", 5400),
+        ("250ms", 0.25),
+    ],
+)
+def test_durations_read_as_operators_write_them(text: str, seconds: float) -> None:
+    """Waits are given in seconds or with a unit."""
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UNBLOCK_* variables reach the settings, lists are comma-separated."""
+    monkeypatch.setenv("UNBLOCK_PROPAGATION_WAIT", "30s")
+    monkeypatch.setenv("UNBLOCK_ALLOWED_DOMAINS", "Contoso.com, @fabrikam.com")
+    monkeypatch.setenv("UNBLOCK_PS_CERT_VALIDATION", "false")
+    s = load_settings()
+    assert s.propagation_wait == 30
+    assert s.allowed_domains == ["contoso.com", "fabrikam.com"]
+    assert s.ps_cert_validation is False
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    """A .env file in the working directory is read too."""
+    (tmp_path / ".env").write_text("UNBLOCK_PS_POOL_SIZE=9\n")
+    assert load_settings().ps_pool_size == 9
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("UNBLOCK_PS_PORT", "abc", "UNBLOCK_PS_PORT"),
+        ("UNBLOCK_PS_PORT", "70000", "UNBLOCK_PS_PORT"),
+        ("UNBLOCK_PROPAGATION_WAIT", "soon", "UNBLOCK_PROPAGATION_WAIT"),
+        ("UNBLOCK_PS_AUTH", "magic", "UNBLOCK_PS_AUTH"),
+        ("UNBLOCK_PS_ENCRYPTION", "sometimes", "UNBLOCK_PS_ENCRYPTION"),
+        ("UNBLOCK_PASSWORD_BACKEND", "ldap", "UNBLOCK_PASSWORD_BACKEND"),
+        ("UNBLOCK_REQUIRE_APPROVAL", "maybe", "UNBLOCK_REQUIRE_APPROVAL"),
+        ("UNBLOCK_SECRET_KEY", "too-short", "UNBLOCK_SECRET_KEY"),
+        ("UNBLOCK_DATABASE_URL", "mysql://x", "UNBLOCK_DATABASE_URL"),
+        ("UNBLOCK_PS_CERT_VALIDATION", "/no/such/bundle.pem", "UNBLOCK_PS_CERT_VALIDATION"),
+        ("UNBLOCK_PS_POOL_SIZE", "0", "UNBLOCK_PS_POOL_SIZE"),
+    ],
+)
+def test_bad_values_name_the_variable_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, fragment: str
+) -> None:
+    """A bad value is refused with one line that starts with the variable's name."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(fragment), message
+    assert "\n" not in message
+
+
+def test_password_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """UNBLOCK_PS_PASSWORD_FILE supplies the remoting password (a mounted secret)."""
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret!\n")
+    monkeypatch.setenv("UNBLOCK_PS_PASSWORD_FILE", str(secret))
+    assert load_settings().ps_password == "s3cret!"
+
+
+def test_unreadable_password_file_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password file that cannot be read is a configuration error, not a crash."""
+    monkeypatch.setenv("UNBLOCK_PS_PASSWORD_FILE", "/nonexistent/pw")
+    with pytest.raises(SettingsError, match=r"^UNBLOCK_PS_PASSWORD_FILE"):
+        load_settings()
+
+
+def test_secret_keys_rotate_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several sealing keys may be given; the first seals, all open."""
+    new, old = "A" * 43 + "=", "0" * 64
+    monkeypatch.setenv("UNBLOCK_SECRET_KEY", f"{new},{old}")
+    keys = load_settings().secret_keys
+    assert len(keys) == 2
+    assert all(len(k) == 32 for k in keys)
+
+
+def test_secret_key_is_required_outside_the_sandbox() -> None:
+    """The engine refuses to start without a sealing key, except in sandbox mode."""
+    with pytest.raises(SettingsError, match=r"^UNBLOCK_SECRET_KEY"):
+        Settings().require_secret_key()
+    Settings(sandbox=True).require_secret_key()
+
+
+def test_password_is_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings can be logged without leaking the remoting password or the sealing key."""
+    monkeypatch.setenv("UNBLOCK_PS_PASSWORD", "hunter2-secret")
+    assert "hunter2-secret" not in repr(load_settings())
