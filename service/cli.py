@@ -11,6 +11,7 @@ import asyncio
 import sys
 from collections.abc import Coroutine
 from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
@@ -90,15 +91,45 @@ def serve(
         bool, typer.Option("--sandbox", help="Also start the sandbox tenant in-process and use it.")
     ] = False,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Serve the API only.")] = False,
-    no_migrate: Annotated[
-        bool, typer.Option("--no-migrate", help="Do not migrate the database on start.")
-    ] = False,
+    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not migrate the database on start.")] = False,
 ) -> None:
     """Run the API (and, unless --no-worker, the worker in the same process)."""
     from service.serving import serve_forever
 
     settings = settings_for_cli(sandbox=sandbox)
     serve_forever(settings, host=host, port=port, worker=not no_worker, migrate=not no_migrate)
+
+
+class Seed(StrEnum):
+    demo = "demo"
+    empty = "empty"
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 5985,
+    tls: Annotated[bool, typer.Option("--tls", help="Serve HTTPS with a generated self-signed certificate.")] = False,
+    seed: Annotated[Seed, typer.Option(help="Initial tenant: demo users and senders, or empty.")] = Seed.demo,
+) -> None:
+    """Run the sandbox tenant alone: a PowerShell remoting endpoint emulating Exchange Online."""
+    from service.sandbox.server import SandboxError, SandboxServer
+
+    settings_for_cli()
+    server = SandboxServer(host, port, tls=tls, seed=seed.value)
+
+    def ready(s: SandboxServer) -> None:
+        typer.echo(f"listening on {s.url}")
+        if s.cert_path:
+            typer.echo(f"certificate: {s.cert_path}")
+        typer.echo(f"control API: {s.base_url}/_sandbox/state (loopback only); credentials sandbox/sandbox")
+
+    try:
+        run(server.serve_forever(ready))
+    except SandboxError as error:
+        fail(str(error), code=1)
+    finally:
+        server.close()
 
 
 # --- keys -------------------------------------------------------------------------------
@@ -143,9 +174,7 @@ def keys_create(
             await db.dispose()
 
     record, plaintext = run(create())
-    typer.echo(
-        f"created API key {record.id} named {record.name!r} ({record.prefix}) with scopes {', '.join(scopes)}"
-    )
+    typer.echo(f"created API key {record.id} named {record.name!r} ({record.prefix}) with scopes {', '.join(scopes)}")
     if record.expires_at:
         typer.echo(f"it expires at {record.expires_at.isoformat()}")
     typer.echo("store it now: it is shown only this once")
@@ -174,9 +203,7 @@ def keys_list() -> None:
     for row in rows:
         status = "revoked" if row.revoked_at else ("active" if row.usable(now) else "expired")
         last = row.last_used_at.isoformat(timespec="seconds") if row.last_used_at else "never"
-        typer.echo(
-            f"{row.id:26}  {row.prefix:12}  {row.name[:20]:20}  {status:8}  {last:25}  {' '.join(row.scopes)}"
-        )
+        typer.echo(f"{row.id:26}  {row.prefix:12}  {row.name[:20]:20}  {status:8}  {last:25}  {' '.join(row.scopes)}")
 
 
 @keys_app.command("revoke")

@@ -208,9 +208,7 @@ class Settings(BaseSettings):
             try:
                 self.ps_password = self.ps_password_file.read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise ValueError(
-                    f"ps_password_file: cannot read {self.ps_password_file}: {exc.strerror}"
-                ) from exc
+                raise ValueError(f"ps_password_file: cannot read {self.ps_password_file}: {exc.strerror}") from exc
         return self
 
     @property
@@ -226,15 +224,12 @@ class Settings(BaseSettings):
         """Refuse to run the engine without a key, except in sandbox mode."""
         if not self.secret_key and not self.sandbox:
             raise SettingsError(
-                "UNBLOCK_SECRET_KEY: required to seal temporary passwords "
-                "(generate one with `unblock keys secret`)"
+                "UNBLOCK_SECRET_KEY: required to seal temporary passwords (generate one with `unblock keys secret`)"
             )
 
     def require_endpoint(self) -> None:
         if not self.ps_server:
-            raise SettingsError(
-                "UNBLOCK_PS_SERVER: required (the PowerShell remoting endpoint), or use --sandbox"
-            )
+            raise SettingsError("UNBLOCK_PS_SERVER: required (the PowerShell remoting endpoint), or use --sandbox")
 
 
 def _describe(error: ValidationError) -> str:

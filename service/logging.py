@@ -86,9 +86,7 @@ def configure(log_format: str | None = None, level: str = "info") -> None:
     """Configure structlog and route the standard library (uvicorn, alembic) through it."""
     use_json = (log_format or ("console" if sys.stderr.isatty() else "json")) == "json"
     renderer: Processor = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     shared = _shared_processors()
     numeric_level = logging.getLevelName(level.upper())

@@ -15,9 +15,7 @@ class Problem(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(
-        description="a URI reference naming the kind of problem", examples=["/problems/case_not_found"]
-    )
+    type: str = Field(description="a URI reference naming the kind of problem", examples=["/problems/case_not_found"])
     title: str = Field(description="short summary of the kind of problem")
     status: int = Field(description="the HTTP status code")
     detail: str = Field(description="what happened this time")

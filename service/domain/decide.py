@@ -220,17 +220,13 @@ def _move(
 def _stay(
     case: CaseView, steps: tuple[StepChange, ...], next_at: datetime | None, summary: str, **fields: Any
 ) -> Decision:
-    return Decision(
-        state=case.state, action=None, steps=steps, next_action_at=next_at, summary=summary, **fields
-    )
+    return Decision(state=case.state, action=None, steps=steps, next_action_at=next_at, summary=summary, **fields)
 
 
 def _after_securing(case: CaseView, step: StepName, now: datetime) -> Decision:
     done = (StepChange(step, StepStatus.succeeded),)
     remaining = [
-        s
-        for s in case.steps
-        if s.name in SECURING_STEPS and s.name is not step and s.status not in DONE_STATUSES
+        s for s in case.steps if s.name in SECURING_STEPS and s.name is not step and s.status not in DONE_STATUSES
     ]
     if remaining:
         return _stay(case, done, now, f"{step.value} done")
@@ -369,9 +365,7 @@ def approve(case: CaseView, now: datetime) -> Decision:
 
 
 def cancel(case: CaseView) -> Decision:
-    pending = tuple(
-        StepChange(s.name, StepStatus.skipped) for s in case.steps if s.status in (StepStatus.pending,)
-    )
+    pending = tuple(StepChange(s.name, StepStatus.skipped) for s in case.steps if s.status in (StepStatus.pending,))
     return _move(case, Action.cancel, pending, None, "cancelled", outcome=Outcome.cancelled)
 
 
@@ -391,7 +385,5 @@ def retry(case: CaseView, now: datetime) -> Decision:
         resume = StepName.check_restriction
     action = _RETRY_ACTION[STEP_STATE[resume]]
     names = [s.name for s in case.steps]
-    again = tuple(
-        StepChange(n, StepStatus.pending, None, reset_counters=True) for n in names[names.index(resume) :]
-    )
+    again = tuple(StepChange(n, StepStatus.pending, None, reset_counters=True) for n in names[names.index(resume) :])
     return _move(case, action, again, now, f"retry from {resume.value}", outcome=None, last_error=None)

@@ -22,9 +22,7 @@ _ALL = "".join(_CLASSES)
 DEFAULT_LENGTH = 20
 
 
-def generate_password(
-    length: int = DEFAULT_LENGTH, *, randbelow: Callable[[int], int] = secrets.randbelow
-) -> str:
+def generate_password(length: int = DEFAULT_LENGTH, *, randbelow: Callable[[int], int] = secrets.randbelow) -> str:
     if length < 8 or length > 256:
         raise ValueError("Entra ID passwords are 8 to 256 characters long")
     chars = [cls[randbelow(len(cls))] for cls in _CLASSES]

@@ -52,9 +52,7 @@ async def create_key(
     scopes: list[str],
     expires_at: datetime | None = None,
 ) -> KeyRecord:
-    row = ApiKey(
-        name=name, prefix=prefix, key_hash=key_hash, scopes=scopes, created_at=utcnow(), expires_at=expires_at
-    )
+    row = ApiKey(name=name, prefix=prefix, key_hash=key_hash, scopes=scopes, created_at=utcnow(), expires_at=expires_at)
     async with db.write() as session:
         session.add(row)
     return _record(row)

@@ -29,9 +29,7 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
-@router.get(
-    "/healthz", summary="Liveness", response_model=Health, description="Answers while the process runs."
-)
+@router.get("/healthz", summary="Liveness", response_model=Health, description="Answers while the process runs.")
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -53,8 +51,7 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     "/readyz",
     summary="Readiness",
     response_model=Readiness,
-    description="200 only when the database and the PowerShell endpoint answer; otherwise 503 naming the "
-    "failing part.",
+    description="200 only when the database and the PowerShell endpoint answer; otherwise 503 naming the failing part.",
     responses={503: problem_doc("a dependency is not ready")},
 )
 async def readyz(runtime: RuntimeDep, request: Request) -> Readiness | JSONResponse:

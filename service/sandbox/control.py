@@ -1,0 +1,168 @@
+"""The control API under ``/_sandbox`` (contract section 6): JSON, no auth, loopback only.
+
+Tests and integrators use it to arrange the tenant (users, restricted senders), to turn the
+knobs (latency, unblock limit, restore delay, re-blocks), to inject faults, and to read the
+call log that proves what reached the tenant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from service.sandbox.shells import ShellRegistry
+from service.sandbox.tenant import FAULT_KINDS, Tenant
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    return body
+
+
+def _guarded(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ValueError as error:
+            return _error(400, str(error))
+
+    return wrapped
+
+
+def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
+    async def state(_: Request) -> Response:
+        return JSONResponse(tenant.snapshot(shells=len(registry)))
+
+    async def reset(request: Request) -> Response:
+        body = await _json(request) if await request.body() else {}
+        seed = body.get("seed", "demo")
+        if seed not in ("demo", "empty"):
+            raise ValueError("seed must be demo or empty")
+        tenant.reset(seed)
+        return JSONResponse({"seed": seed})
+
+    async def add_user(request: Request) -> Response:
+        body = await _json(request)
+        upn = body.get("upn")
+        if not isinstance(upn, str) or "@" not in upn:
+            raise ValueError("upn must be an address like name@contoso.com")
+        if tenant.find_user(upn) is not None:
+            return _error(409, f"user {upn} exists")
+        user = tenant.add_user(
+            upn,
+            display_name=body.get("display_name"),
+            on_premises_sync=bool(body.get("on_premises_sync", False)),
+        )
+        if body.get("has_mailbox") is False:
+            user.has_mailbox = False
+        return JSONResponse(user.public(), status_code=201)
+
+    async def get_user(request: Request) -> Response:
+        user = tenant.find_user(request.path_params["upn"])
+        if user is None:
+            return _error(404, "no such user")
+        data = user.public()
+        can_send, can_send_at = tenant.can_send(user.upn)
+        data["can_send"] = can_send
+        data["can_send_at"] = can_send_at.isoformat() if can_send_at else None
+        return JSONResponse(data)
+
+    async def add_sender(request: Request) -> Response:
+        body = await _json(request)
+        address = body.get("address")
+        if not isinstance(address, str) or "@" not in address:
+            raise ValueError("address must be an e-mail address")
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError("reason must be a string")
+        sender = tenant.restrict(address, reason, temporary_block=bool(body.get("temporary_block", False)))
+        return JSONResponse(sender.public(), status_code=201)
+
+    async def calls(request: Request) -> Response:
+        since = int(request.query_params.get("since", "0") or 0)
+        with tenant.lock:
+            items = [c.public() for c in tenant.calls if c.seq > since]
+        return JSONResponse(items)
+
+    async def clear_calls(_: Request) -> Response:
+        with tenant.lock:
+            tenant.calls.clear()
+        return Response(status_code=204)
+
+    async def add_fault(request: Request) -> Response:
+        body = await _json(request)
+        cmdlet, kind, times = body.get("cmdlet"), body.get("kind"), body.get("times", 1)
+        if not isinstance(cmdlet, str) or not cmdlet:
+            raise ValueError('cmdlet must be a command name or "*"')
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
+        if not isinstance(times, int) or times < 1:
+            raise ValueError("times must be a positive integer")
+        fault = tenant.add_fault(cmdlet, kind, times)
+        return JSONResponse({"cmdlet": fault.cmdlet, "kind": fault.kind, "times": fault.times}, status_code=201)
+
+    async def clear_faults(_: Request) -> Response:
+        with tenant.lock:
+            tenant.faults.clear()
+        return Response(status_code=204)
+
+    async def configure(request: Request) -> Response:
+        config = tenant.configure(await _json(request))
+        return JSONResponse(
+            {
+                "latency_ms": config.latency_ms,
+                "unblock_limit_per_day": config.unblock_limit_per_day,
+                "send_restore_delay_s": config.send_restore_delay_s,
+                "reblock_on_unblock": config.reblock_on_unblock,
+                "throttle_retry_after_s": config.throttle_retry_after_s,
+            }
+        )
+
+    routes = [
+        Route("/_sandbox/state", _guarded(state), methods=["GET"]),
+        Route("/_sandbox/reset", _guarded(reset), methods=["POST"]),
+        Route("/_sandbox/users", _guarded(add_user), methods=["POST"]),
+        Route("/_sandbox/users/{upn}", _guarded(get_user), methods=["GET"]),
+        Route("/_sandbox/senders", _guarded(add_sender), methods=["POST"]),
+        Route("/_sandbox/calls", _guarded(calls), methods=["GET"]),
+        Route("/_sandbox/calls", _guarded(clear_calls), methods=["DELETE"]),
+        Route("/_sandbox/faults", _guarded(add_fault), methods=["POST"]),
+        Route("/_sandbox/faults", _guarded(clear_faults), methods=["DELETE"]),
+        Route("/_sandbox/config", _guarded(configure), methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+class LoopbackOnly:
+    """The control API changes the tenant at will: refuse it to anything but this machine."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and (client is None or client[0] not in LOOPBACK):
+            response = _error(403, "the sandbox control API answers loopback clients only")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,182 @@
+"""Fault injection, latency, the call log and the control API."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import requests
+from pypsrp.powershell import PowerShell
+
+from service.sandbox.control import LoopbackOnly, build_control_app
+from service.sandbox.server import SandboxServer
+from service.sandbox.shells import ShellRegistry
+from service.sandbox.tenant import Tenant
+from tests.sandbox_client import open_pool, run
+
+
+def test_transient_fault_fails_the_pipeline_once(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """kind=transient: a terminating 503-style error, then the command works again."""
+    control.post("/faults", json={"cmdlet": "Get-BlockedSenderAddress", "kind": "transient", "times": 1})
+    with open_pool(sandbox) as pool:
+        first = run(pool, "Get-BlockedSenderAddress")
+        second = run(pool, "Get-BlockedSenderAddress")
+    assert first.failed
+    assert first.error_ids == ["ServerUnavailable,Get-BlockedSenderAddress"]
+    assert first.errors[0].category == 27  # ConnectionError
+    assert not second.failed
+    assert len(second.output) == 3
+
+
+def test_throttled_fault_says_when_to_retry(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """kind=throttled: a non-terminating error naming Retry-After."""
+    control.post("/config", json={"throttle_retry_after_s": 7})
+    control.post("/faults", json={"cmdlet": "*", "kind": "throttled", "times": 2})
+    with open_pool(sandbox, connect=False) as pool:
+        connect = run(pool, "Connect-ExchangeOnline", AppId="a", CertificateThumbprint="b", Organization="contoso.com")
+        listed = run(pool, "Get-AcceptedDomain")
+    assert connect.error_ids == ["TooManyRequests,Connect-ExchangeOnline"]
+    assert not connect.failed
+    assert "Retry-After: 7 seconds" in connect.messages[0]
+    assert listed.error_ids == ["CommandNotFoundException"]  # the connect never happened
+
+
+def test_fatal_fault(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """kind=fatal: an unexpected exception fails the pipeline."""
+    control.post("/faults", json={"cmdlet": "Get-MgUser", "kind": "fatal", "times": 1})
+    with open_pool(sandbox) as pool:
+        result = run(pool, "Get-MgUser", UserId="rob@contoso.com")
+    assert result.failed
+    assert result.error_ids == ["System.NullReferenceException,Get-MgUser"]
+
+
+def test_drop_connection_breaks_the_receive_after_the_command_ran(
+    sandbox: SandboxServer, control: httpx.Client
+) -> None:
+    """kind=drop_connection: the command runs, then the HTTP connection closes mid-Receive."""
+    control.post("/faults", json={"cmdlet": "Remove-BlockedSenderAddress", "kind": "drop_connection", "times": 1})
+    with open_pool(sandbox) as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Remove-BlockedSenderAddress").add_parameter("SenderAddress", "rob@contoso.com")
+        with pytest.raises(requests.exceptions.RequestException):  # ChunkedEncodingError: IncompleteRead
+            ps.invoke()
+    assert sandbox.tenant.lookup("rob@contoso.com") is None  # it did run
+    assert sandbox.tenant.calls[-1].outcome == "ok (connection dropped)"
+
+
+def test_hang_fault_never_answers_until_stopped(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """kind=hang: the command never completes; the client's own timeout is what ends the wait."""
+    control.post("/faults", json={"cmdlet": "Get-Mailbox", "kind": "hang", "times": 1})
+    with open_pool(sandbox) as pool:
+        ps = PowerShell(pool)
+        ps.add_cmdlet("Get-Mailbox").add_parameter("Identity", "rob@contoso.com")
+        ps.begin_invoke()
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            ps.poll_invoke(timeout=1)
+        assert ps.state == 1  # still Running
+        ps.stop()
+        assert len(run(pool, "Get-Mailbox", Identity="rob@contoso.com").output) == 1
+    assert sandbox.tenant.calls[-2].outcome == "fault: hang"
+
+
+def test_faults_are_used_up_and_wildcards_match_any_command(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """times counts matching commands; "*" matches every command."""
+    with open_pool(sandbox) as pool:
+        control.post("/faults", json={"cmdlet": "*", "kind": "transient", "times": 2})
+        outcomes = [run(pool, name).error_ids for name in ("Get-AcceptedDomain", "Get-Mailbox", "Get-AcceptedDomain")]
+    assert outcomes[0] == ["ServerUnavailable,Get-AcceptedDomain"]
+    assert outcomes[1] == ["ServerUnavailable,Get-Mailbox"]
+    assert outcomes[2] == []  # used up
+    assert control.get("/state").json()["faults"] == []
+
+
+def test_latency_is_added_per_command(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """latency_ms delays a command by name, "*" delays all the others."""
+    control.post("/config", json={"latency_ms": {"Get-AcceptedDomain": 300, "*": 0}})
+    with open_pool(sandbox) as pool:
+        started = time.monotonic()
+        run(pool, "Get-AcceptedDomain")
+        slow = time.monotonic() - started
+        started = time.monotonic()
+        run(pool, "Get-BlockedSenderAddress")
+        fast = time.monotonic() - started
+    assert slow >= 0.3
+    assert fast < 0.25
+
+
+def test_the_call_log_records_every_command_in_order(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """Every command, its bound parameters (secrets as SHA-256 only), its runspace and its outcome."""
+    with open_pool(sandbox) as pool:
+        run(pool, "Update-MgUser", UserId="ann@contoso.com", PasswordProfile={"Password": "Zz-Secret-9876!"})
+        run(pool, "No-Such-Thing")
+    calls = control.get("/calls").json()
+    names = [c["cmdlet"] for c in calls]
+    assert names == ["Connect-ExchangeOnline", "Connect-MgGraph", "Update-MgUser", "No-Such-Thing"]
+    assert [c["seq"] for c in calls] == sorted(c["seq"] for c in calls)
+    assert "Zz-Secret-9876!" not in str(calls)
+    assert calls[2]["parameters"]["PasswordProfile"]["Password"].keys() == {"sha256"}
+    assert calls[3]["outcome"] == "failed: CommandNotFoundException"
+    assert calls[0]["runspace"].endswith("/1")
+    assert control.get("/calls", params={"since": calls[1]["seq"]}).json() == calls[2:]
+
+
+def test_control_api_arranges_the_tenant(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """state, users, senders and reset behave as the contract says."""
+    state = control.get("/state").json()
+    assert {u["upn"] for u in state["users"]} == {f"{n}@contoso.com" for n in ("rob", "laura", "julia", "ann", "ben")}
+    assert {s["address"] for s in state["senders"]} == {f"{n}@contoso.com" for n in ("rob", "laura", "julia")}
+    assert state["shells"] == 0
+
+    assert control.post("/users", json={"upn": "kim@contoso.com", "on_premises_sync": True}).status_code == 201
+    assert control.post("/users", json={"upn": "kim@contoso.com"}).status_code == 409
+    user = control.get("/users/kim@contoso.com").json()
+    assert user["upn"] == "kim@contoso.com"
+    assert set(user) >= {
+        "password_sha256",
+        "password_changed_at",
+        "force_change_password",
+        "sessions_revoked_at",
+        "inbox_rules",
+        "forwarding_smtp_address",
+    }
+    assert control.get("/users/nobody@contoso.com").status_code == 404
+
+    assert control.post("/senders", json={"address": "kim@contoso.com", "temporary_block": True}).status_code == 201
+    assert len(control.get("/state").json()["senders"]) == 4
+
+    assert control.post("/reset", json={"seed": "empty"}).json() == {"seed": "empty"}
+    assert control.get("/state").json()["users"] == []
+    control.post("/reset", json={"seed": "demo"})
+    assert len(control.get("/state").json()["users"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/faults", {"cmdlet": "x", "kind": "explode", "times": 1}),
+        ("/faults", {"cmdlet": "x", "kind": "hang", "times": 0}),
+        ("/faults", {"kind": "hang"}),
+        ("/config", {"latency_ms": {"*": -5}}),
+        ("/config", {"unblock_limit_per_day": "many"}),
+        ("/users", {"upn": "not-an-address"}),
+        ("/senders", {"reason": "x"}),
+        ("/reset", {"seed": "galaxy"}),
+    ],
+)
+def test_control_api_refuses_bad_input(control: httpx.Client, path: str, body: dict[str, object]) -> None:
+    """Bad control requests are 400 with a message, and change nothing."""
+    response = control.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]
+
+
+async def test_control_api_is_loopback_only() -> None:
+    """A client from another machine is refused 403."""
+    tenant = Tenant("demo")
+    app = LoopbackOnly(build_control_app(tenant, ShellRegistry(tenant)))
+    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 5555))
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+        response = await client.get("/_sandbox/state")
+    assert response.status_code == 403
