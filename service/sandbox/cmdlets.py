@@ -434,7 +434,7 @@ def _disable_inbox_rule(ctx: Context, p: dict[str, Any], _: list[Any]) -> list[A
                 ctx.warnings.append(
                     "Using Outlook Web App or Windows PowerShell to modify your rules will delete any rules that "
                     "were previously created using Outlook. If you want to preserve the rules you created using "
-                    "Outlook, select the \"Cancel\" button."
+                    'Outlook, select the "Cancel" button.'
                 )
             with ctx.tenant.lock:
                 rule.enabled = False
