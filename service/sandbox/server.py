@@ -153,7 +153,7 @@ class SandboxServer:
         seed: str = "demo",
         tenant: Tenant | None = None,
         path: str = "wsman",
-        log_level: str = "warning",
+        log_level: str | None = None,
     ) -> None:
         self.host = host
         self.port = port

@@ -78,7 +78,8 @@ def test_sandbox_tls_and_empty_seed(tmp_path: Path) -> None:
     try:
         match = re.fullmatch(r"listening on https://127\.0\.0\.1:(\d+)/wsman\n", line)
         assert match, line
-        state = httpx.get(f"https://127.0.0.1:{match.group(1)}/_sandbox/state", verify=False)  # noqa: S501 - the sandbox certificate is self-signed.json()
+        url = f"https://127.0.0.1:{match.group(1)}/_sandbox/state"
+        state = httpx.get(url, verify=False).json()  # noqa: S501 - the sandbox certificate is self-signed
         assert state["users"] == []
     finally:
         proc.terminate()

@@ -52,7 +52,7 @@ def test_json_lines_carry_context(capsys: pytest.CaptureFixture[str]) -> None:
     configure("json", "info")
     with structlog.contextvars.bound_contextvars(request_id="r1", case_id="c1"):
         structlog.get_logger("t").info("case_transitioned", from_state="received", password="nope")
-    logging.getLogger("uvicorn.error").info("from the standard library")
+    logging.getLogger("service.stdlib").warning("from the standard library")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
     first = lines[0]
     assert first["event"] == "case_transitioned"
