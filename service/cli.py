@@ -34,6 +34,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+case_app = typer.Typer(help="Open, show and watch unblock cases.", no_args_is_help=True)
+app.add_typer(case_app, name="case")
 
 
 class CliError(Exception):
@@ -98,6 +100,25 @@ def serve(
 
     settings = settings_for_cli(sandbox=sandbox)
     serve_forever(settings, host=host, port=port, worker=not no_worker, migrate=not no_migrate)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, max=256, help="Cases run at once (default: the PowerShell pool size).")
+    ] = None,
+    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not migrate the database on start.")] = False,
+) -> None:
+    """Run the worker alone (scale out: several may run against one PostgreSQL)."""
+    from service.persistence.migrate import upgrade
+    from service.serving import run_worker
+
+    settings = settings_for_cli()
+    settings.require_secret_key()
+    settings.require_endpoint()
+    if not no_migrate:
+        upgrade(settings.database_url)
+    run(run_worker(settings, concurrency=concurrency))
 
 
 class Seed(StrEnum):
@@ -231,6 +252,115 @@ def keys_secret() -> None:
     from service.security.keys import generate_secret_key
 
     typer.echo(generate_secret_key())
+
+
+# --- cases ------------------------------------------------------------------------------
+
+
+def _case_runtime(settings: Settings) -> Any:
+    from service.serving import build_runtime
+
+    return build_runtime(settings.model_copy(update={"ps_open_lazily": True}))
+
+
+async def _fetch_case(runtime: Any, case_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from service.api.schemas import CasePublic, EventPublic
+    from service.persistence import cases
+
+    case = await cases.get_case(runtime.db, case_id=case_id)
+    events = await cases.list_events(runtime.db, case_id=case_id)
+    return CasePublic.of(case).model_dump(mode="json"), [EventPublic.of(e).model_dump(mode="json") for e in events]
+
+
+async def _watch(runtime: Any, case_id: str) -> dict[str, Any]:
+    from service.progress import watch
+
+    return await watch(lambda: _fetch_case(runtime, case_id))
+
+
+def _close(runtime: Any) -> Coroutine[Any, Any, None]:
+    async def close() -> None:
+        if runtime.gateway is not None:
+            await runtime.gateway.close()
+        await runtime.db.dispose()
+
+    return close()
+
+
+@case_app.command("open")
+def case_open(
+    mailbox: Annotated[str, typer.Argument(metavar="MAILBOX", help="The restricted sender, e.g. rob@contoso.com.")],
+    ticket: Annotated[str | None, typer.Option("--ticket", help="Your ticket reference.")] = None,
+    watch_it: Annotated[bool, typer.Option("--watch", help="Show live progress until the case ends.")] = False,
+) -> None:
+    """Open a case (the same path as POST /v1/cases); the running worker picks it up."""
+    import getpass
+    import json
+
+    from pydantic import ValidationError
+
+    from service.api.operations import open_case
+    from service.api.schemas import CaseCreate
+
+    try:
+        body = CaseCreate(mailbox=mailbox, ticket_ref=ticket, requested_by=getpass.getuser())
+    except ValidationError as error:
+        fail(f"{mailbox!r}: {error.errors()[0]['msg'].removeprefix('Value error, ')}")
+    settings = settings_for_cli()
+    runtime = _case_runtime(settings)
+    actor = f"cli:{getpass.getuser()}"
+
+    async def go() -> dict[str, Any]:
+        try:
+            stored = await open_case(runtime, body, actor=actor, principal_id=actor)
+            if watch_it:
+                return await _watch(runtime, stored.body["id"])
+            return stored.body
+        finally:
+            await _close(runtime)
+
+    try:
+        case = run(go())
+    except ServiceError as error:
+        from service.errors import OpenCaseExists
+
+        if isinstance(error, OpenCaseExists):
+            fail(f"{mailbox} already has an open case: {error.case_id}")
+        raise
+    typer.echo(json.dumps(case, indent=2))
+
+
+@case_app.command("show")
+def case_show(case_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Print a case as JSON."""
+    import json
+
+    settings = settings_for_cli()
+    runtime = _case_runtime(settings)
+
+    async def go() -> dict[str, Any]:
+        try:
+            case, _ = await _fetch_case(runtime, case_id)
+            return case
+        finally:
+            await _close(runtime)
+
+    typer.echo(json.dumps(run(go()), indent=2))
+
+
+@case_app.command("watch")
+def case_watch(case_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Show a case's progress live until it ends."""
+    settings = settings_for_cli()
+    runtime = _case_runtime(settings)
+
+    async def go() -> dict[str, Any]:
+        try:
+            return await _watch(runtime, case_id)
+        finally:
+            await _close(runtime)
+
+    run(go())
 
 
 # --- entry point ------------------------------------------------------------------------

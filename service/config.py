@@ -165,8 +165,14 @@ class Settings(BaseSettings):
     log_format: LogFormat | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    retry_initial: Duration = 2.0
+    retry_max: Duration = 300.0
+    retry_attempts: int = Field(default=6, ge=1, le=100)
+
     worker_lease: Duration = 60.0
-    worker_poll_interval: Duration = 30.0
+    worker_poll_interval: Duration | None = Field(
+        default=None, description="fallback poll; default 30s on PostgreSQL (NOTIFY wakes workers), 2s on SQLite"
+    )
     worker_concurrency: int | None = Field(default=None, ge=1, le=256)
 
     webhook_timeout: Duration = 10.0
@@ -214,6 +220,12 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def poll_interval(self) -> float:
+        if self.worker_poll_interval is not None:
+            return self.worker_poll_interval
+        return 2.0 if self.is_sqlite else 30.0
 
     @property
     def secret_keys(self) -> list[bytes]:

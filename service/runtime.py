@@ -33,13 +33,45 @@ class WorkSignal:
         self._event.set()
 
     async def wait(self, seconds: float) -> bool:
+        """True when notified (now or since the last wait), False after ``seconds``."""
+        if self._event.is_set():
+            self._event.clear()
+            return True
         try:
             await asyncio.wait_for(self._event.wait(), seconds)
         except TimeoutError:
             return False
-        finally:
-            self._event.clear()
+        self._event.clear()
         return True
+
+
+class CaseEvents:
+    """In-process news of case changes, so live views (SSE, the dashboard) react at once.
+
+    Other processes' changes arrive through PostgreSQL NOTIFY or the views' own slow polling.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    def publish(self, case_id: str) -> None:
+        for event in self._waiters.get(case_id, set()) | self._waiters.get("*", set()):
+            event.set()
+
+    async def wait(self, case_id: str, seconds: float) -> bool:
+        event = asyncio.Event()
+        self._waiters.setdefault(case_id, set()).add(event)
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(case_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[case_id]
 
 
 @dataclass
@@ -49,4 +81,7 @@ class Runtime:
     gateway: TenantGateway | None = None
     clock: Callable[[], datetime] = utc_now
     work: WorkSignal = field(default_factory=WorkSignal)
+    events: CaseEvents = field(default_factory=CaseEvents)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    domain_cache: tuple[float, list[str]] | None = None
     instance: str = "unblock"

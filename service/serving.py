@@ -1,32 +1,158 @@
 """Assembling a process: the API under uvicorn, with whatever runs beside it.
 
-Kept apart from the CLI so that tests and the demo start exactly what ``unblock serve``
-starts.
+Kept apart from the CLI so that tests, the demo and ``unblock serve`` start exactly the same
+things. ``--sandbox`` starts the sandbox tenant in a thread of this process and points the
+bridge at it; everything else runs as in production.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import secrets
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from typing import Any
+
 import uvicorn
 
-from service.api.app import create_app
-from service.config import Settings
+from service.api.app import Background, create_app
+from service.config import PsAuth, PsEncryption, Settings, SettingsError
 from service.logging import get_logger
 from service.persistence.db import Database
 from service.persistence.migrate import upgrade
+from service.powershell.bridge import PowerShellBridge
 from service.runtime import Runtime
+from service.sandbox.server import SandboxServer
+from service.worker.runner import running_worker
 
 log = get_logger(__name__)
 
+SANDBOX_APP_ID = "00000000-0000-0000-0000-0000000000ab"
+
+
+def sandbox_settings(settings: Settings, server: SandboxServer) -> Settings:
+    """Point the PowerShell side at an in-process sandbox tenant."""
+    update: dict[str, Any] = {
+        "ps_server": server.host,
+        "ps_port": server.port,
+        "ps_ssl": server.tls,
+        "ps_path": server.path,
+        "ps_auth": PsAuth.basic,
+        "ps_encryption": PsEncryption.never if not server.tls else PsEncryption.auto,
+        "ps_username": "sandbox",
+        "ps_password": "sandbox",
+        "ps_cert_validation": str(server.cert_path) if server.cert_path else True,
+        "ps_configuration_name": "Microsoft.PowerShell",
+        "ps_connect_in_session": True,
+        "tenant_organization": "contoso.onmicrosoft.com",
+        "tenant_app_id": SANDBOX_APP_ID,
+        "tenant_cert_thumbprint": "0" * 40,
+        "tenant_id": "contoso.onmicrosoft.com",
+        "sandbox": True,
+    }
+    if not settings.secret_key:
+        update["secret_key"] = [base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()]
+        log.warning("sandbox_secret_key_generated", note="temporary passwords sealed now cannot be opened after exit")
+    return settings.model_copy(update=update)
+
+
+@contextmanager
+def sandbox_for(settings: Settings) -> Iterator[Settings]:
+    """With ``settings.sandbox``: run a sandbox tenant for the block and return settings using it."""
+    if not settings.sandbox:
+        yield settings
+        return
+    server = SandboxServer(port=0).start()
+    log.info("sandbox_started", url=server.url)
+    try:
+        yield sandbox_settings(settings, server)
+    finally:
+        server.close()
+
+
+def build_gateway(settings: Settings) -> PowerShellBridge | None:
+    if not settings.ps_server:
+        return None
+    if settings.ps_connect_in_session and not (settings.tenant_app_id and settings.tenant_organization):
+        raise SettingsError(
+            "UNBLOCK_TENANT_APP_ID: required with UNBLOCK_TENANT_ORGANIZATION and UNBLOCK_TENANT_CERT_THUMBPRINT "
+            "for app-only Connect-ExchangeOnline (or set UNBLOCK_PS_CONNECT_IN_SESSION=false for a JEA endpoint "
+            "that connects itself)"
+        )
+    return PowerShellBridge(settings)
+
 
 def build_runtime(settings: Settings) -> Runtime:
-    return Runtime(settings=settings, db=Database(settings.database_url))
+    return Runtime(settings=settings, db=Database(settings.database_url), gateway=build_gateway(settings))
 
 
-def serve_forever(settings: Settings, *, host: str, port: int, worker: bool, migrate: bool) -> None:
+def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None) -> list[Background]:
+    """What runs beside the API in one process: the bridge's warm pool, and the worker."""
+
+    @asynccontextmanager
+    async def gateway() -> AsyncIterator[object]:
+        if runtime.gateway is not None:
+            await runtime.gateway.start()
+        try:
+            yield runtime.gateway
+        finally:
+            if runtime.gateway is not None:
+                await runtime.gateway.close()
+            await runtime.db.dispose()
+
+    @asynccontextmanager
+    async def engine() -> AsyncIterator[object]:
+        async with running_worker(runtime, concurrency=concurrency) as running:
+            yield running
+
+    return [gateway, engine] if worker else [gateway]
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise SettingsError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_forever(
+    settings: Settings, *, host: str, port: int, worker: bool, migrate: bool, extra: list[Background] | None = None
+) -> None:
     if migrate:
         upgrade(settings.database_url)
+    sock = bind_socket(host, port)
+    with sandbox_for(settings) as effective:
+        if worker:
+            effective.require_secret_key()
+            if not effective.ps_server:
+                effective.require_endpoint()
+        runtime = build_runtime(effective)
+        app = create_app(runtime, background=[*services(runtime, worker=worker), *(extra or [])])
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=20)
+        log.info("serving", url=f"http://{host}:{sock.getsockname()[1]}", worker=worker, sandbox=effective.sandbox)
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+async def run_worker(settings: Settings, *, concurrency: int | None = None) -> None:
+    """``unblock worker``: the bridge and the worker until SIGTERM or SIGINT, then a graceful stop."""
     runtime = build_runtime(settings)
-    app = create_app(runtime)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    log.info("serving", url=f"http://{host}:{port}", worker=worker)
-    uvicorn.Server(config).run()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        for service in services(runtime, worker=True, concurrency=concurrency):
+            await stack.enter_async_context(service())
+        log.info("worker_ready")
+        await stop.wait()
+        log.info("worker_stopping", reason="signal")

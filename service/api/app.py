@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import errors
 from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, SecurityHeadersMiddleware
-from service.api.routes import health
+from service.api.routes import cases, health
 from service.runtime import Runtime
 
 Background = Callable[[], AbstractAsyncContextManager[object]]
@@ -60,6 +60,7 @@ def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> Fa
     )
     app.state.runtime = runtime
     errors.install(app)
+    app.include_router(cases.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)

@@ -27,7 +27,8 @@ class TenantGateway(Protocol):
 
     async def list_restrictions(self) -> list[Restriction]: ...
 
-    async def remove_restriction(self, address: str) -> None: ...
+    async def remove_restriction(self, address: str, *, reason: str | None = None) -> bool:
+        """Unblock; False when the sender was not on the list."""
 
     async def reset_password(self, upn: str, password: str, *, force_change: bool = True) -> None: ...
 

@@ -565,6 +565,25 @@ def _get_ad_user(ctx: Context, p: dict[str, Any], _: list[Any]) -> list[Any]:
     return [_ad_user_obj(user)]
 
 
+def _set_ad_user(ctx: Context, p: dict[str, Any], inputs: list[Any]) -> list[Any]:
+    class_name = f"{AD}.SetADUser"
+    out: list[Any] = []
+    identities = [p["Identity"]] if p.get("Identity") is not None else inputs
+    if not identities:
+        raise CmdletError(records.missing_mandatory(["Identity"], class_name), terminating=True)
+    for identity in identities:
+        key = identity if isinstance(identity, str) else getattr(identity, "DistinguishedName", "")
+        user = ctx.tenant.find_user(str(key))
+        if user is None or not user.on_premises_sync:
+            raise CmdletError(records.ad_not_found(str(key), class_name), terminating=True)
+        if p.get("ChangePasswordAtLogon") is not None:
+            with ctx.tenant.lock:
+                user.force_change_password = bool(p["ChangePasswordAtLogon"])
+        if p.get("PassThru"):
+            out.append(_ad_user_obj(user))
+    return out
+
+
 def _set_ad_password(ctx: Context, p: dict[str, Any], inputs: list[Any]) -> list[Any]:
     class_name = f"{AD}.SetADAccountPassword"
     identities = [p["Identity"]] if p.get("Identity") is not None else inputs
@@ -584,6 +603,12 @@ def _set_ad_password(ctx: Context, p: dict[str, Any], inputs: list[Any]) -> list
             raise CmdletError(records.ad_password_policy(class_name), terminating=True)
         with ctx.tenant.lock:
             _set_password(user, new_password, force_change=False, now=ctx.now)
+    if p.get("PassThru"):
+        return [
+            _ad_user_obj(u)
+            for u in (ctx.tenant.find_user(str(getattr(i, "DistinguishedName", i))) for i in identities)
+            if u
+        ]
     return []
 
 
@@ -764,6 +789,19 @@ CMDLETS: dict[str, Cmdlet] = {
             _set_ad_password,
             f"{AD}.SetADAccountPassword",
         ),
+        Cmdlet(
+            "Set-ADUser",
+            "ad",
+            (
+                Param("Identity", "object", mandatory=True, position=0, pipeline=True),
+                Param("ChangePasswordAtLogon", "bool"),
+                Param("PassThru", "switch"),
+                Param("Server"),
+                _CONFIRM,
+            ),
+            _set_ad_user,
+            f"{AD}.SetADUser",
+        ),
     )
 }
 
@@ -783,6 +821,7 @@ JEA_VISIBLE: frozenset[str] = frozenset(
         "Revoke-MgUserSignInSession",
         "Get-ADUser",
         "Set-ADAccountPassword",
+        "Set-ADUser",
     )
 )
 

@@ -135,6 +135,7 @@ def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
                 "send_restore_delay_s": config.send_restore_delay_s,
                 "reblock_on_unblock": config.reblock_on_unblock,
                 "throttle_retry_after_s": config.throttle_retry_after_s,
+                "denied_cmdlets": config.denied_cmdlets,
             }
         )
 

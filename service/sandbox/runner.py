@@ -93,6 +93,9 @@ async def _run_command(
         raise
     parameters = cmdlets.loggable(found, bound)
     runspace.calls += 1
+    if has_input and not piped and any(p.pipeline for p in found.params):
+        log("ok (no pipeline input)", parameters)  # a process block with nothing to process
+        return []
 
     fault = tenant.take_fault(found.name)
     if fault == "hang":
@@ -112,6 +115,15 @@ async def _run_command(
         _write_error(run, records.throttled(found.name, tenant.config.throttle_retry_after_s), found.name)
         return []
 
+    if tenant.config.denies(found.name):
+        denied = (
+            records.graph_denied(found.graph_set)
+            if found.graph_set
+            else records.exo_access_denied(found.name, found.class_name)
+        )
+        log(f"error: {_short(denied.fqid)}", parameters)
+        _write_error(run, denied, found.name)
+        return []
     ctx = cmdlets.Context(tenant=tenant, runspace=runspace, jea=shell.jea, now=received)
     try:
         output = found.run(ctx, bound, piped)

@@ -113,6 +113,10 @@ class SandboxConfig:
     send_restore_delay_s: float = 0.0
     reblock_on_unblock: list[str] = field(default_factory=list)
     throttle_retry_after_s: int = 2
+    denied_cmdlets: list[str] = field(default_factory=list)
+
+    def denies(self, cmdlet: str) -> bool:
+        return cmdlet.lower() in {d.lower() for d in self.denied_cmdlets}
 
     def latency_for(self, cmdlet: str) -> float:
         for key, value in self.latency_ms.items():
@@ -362,6 +366,11 @@ class Tenant:
                 if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
                     raise ValueError("reblock_on_unblock must be a list of addresses")
                 self.config.reblock_on_unblock = [a.lower() for a in addresses]
+            if "denied_cmdlets" in values:
+                denied = values["denied_cmdlets"]
+                if not isinstance(denied, list) or not all(isinstance(d, str) for d in denied):
+                    raise ValueError("denied_cmdlets must be a list of command names")
+                self.config.denied_cmdlets = list(denied)
             if "throttle_retry_after_s" in values:
                 self.config.throttle_retry_after_s = int(values["throttle_retry_after_s"])
             return self.config

@@ -1,0 +1,266 @@
+"""Request and response bodies (contract section 4), named along the ladder CaseCreate → CasePublic → CasesPage."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from service.errors import InvalidMailbox
+from service.persistence.records import CaseSnapshot, EventRecord
+from service.security.inputs import normalize_mailbox
+
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+EXAMPLE_CASE: dict[str, Any] = {
+    "id": "01jd8v6k0s3x4y5z6a7b8c9d0e",
+    "mailbox": "rob@contoso.com",
+    "state": "awaiting_propagation",
+    "outcome": None,
+    "ticket_ref": "INC0012345",
+    "requested_by": "servicedesk",
+    "note": None,
+    "actions": {
+        "reset_password": True,
+        "revoke_sessions": True,
+        "disable_suspicious_inbox_rules": False,
+        "remove_forwarding": False,
+    },
+    "restriction": {
+        "reason": "EmailSendingLimitExceeded;InternalRecipientCountToday=12;ExternalRecipientCountToday=480;"
+        "ExceedingLimitType=External",
+        "limit_type": "External",
+        "internal_recipients_today": 12,
+        "external_recipients_today": 480,
+        "blocked_at": "2026-11-26T08:02:11+00:00",
+        "changed_at": "2026-11-26T08:02:11+00:00",
+        "temporary_block": False,
+    },
+    "steps": [
+        {
+            "name": "reset_password",
+            "status": "succeeded",
+            "attempts": 1,
+            "started_at": "2026-11-26T09:00:00.120000Z",
+            "finished_at": "2026-11-26T09:00:01.310000Z",
+            "error": None,
+        }
+    ],
+    "credential": {"available": True, "expires_at": "2026-11-27T09:00:01.310000Z", "revealed_at": None},
+    "last_error": None,
+    "next_action_at": "2026-11-26T09:15:03Z",
+    "sending_restored_by": "2026-11-26T13:00:03Z",
+    "created_by": "servicenow",
+    "created_at": "2026-11-26T09:00:00Z",
+    "updated_at": "2026-11-26T09:00:03Z",
+    "version": 7,
+}
+
+
+class ActionsIn(BaseModel):
+    """What to do besides the unblock; Microsoft's procedure starts with the password reset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reset_password: StrictBool = Field(True, description="reset the password at once (never e-mailed)")
+    revoke_sessions: StrictBool = Field(True, description="sign the account out everywhere")
+    disable_suspicious_inbox_rules: StrictBool = Field(
+        False, description="disable rules that forward, redirect, delete or hide mail"
+    )
+    remove_forwarding: StrictBool = Field(False, description="clear mailbox-level forwarding")
+
+
+class CaseCreate(BaseModel):
+    """Open a case for one restricted mailbox."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "mailbox": "rob@contoso.com",
+                    "ticket_ref": "INC0012345",
+                    "requested_by": "servicedesk",
+                    "note": "user reports bounce 5.1.8",
+                    "actions": {"reset_password": True, "revoke_sessions": True},
+                }
+            ]
+        },
+    )
+
+    mailbox: str = Field(
+        description="the restricted sender: one plain SMTP address in an accepted domain", max_length=320
+    )
+    ticket_ref: str | None = Field(None, max_length=128, pattern=_PRINTABLE, description="your ticket number")
+    requested_by: str | None = Field(None, max_length=128, pattern=_PRINTABLE, description="who asked")
+    note: str | None = Field(None, max_length=2000, description="free text for the timeline")
+    actions: ActionsIn = Field(default_factory=ActionsIn)
+
+    @field_validator("mailbox")
+    @classmethod
+    def _plain_address(cls, value: str) -> str:
+        try:
+            return normalize_mailbox(value)
+        except InvalidMailbox as error:
+            raise ValueError(error.message) from None
+
+
+class RestrictionPublic(BaseModel):
+    reason: str
+    limit_type: str | None
+    internal_recipients_today: int | None
+    external_recipients_today: int | None
+    blocked_at: datetime | None
+    changed_at: datetime | None
+    temporary_block: bool
+
+
+class ErrorPublic(BaseModel):
+    code: str = Field(examples=["unblock_limit_exceeded"])
+    message: str
+    retryable: bool
+
+
+class StepPublic(BaseModel):
+    name: Literal[
+        "reset_password",
+        "revoke_sessions",
+        "disable_inbox_rules",
+        "remove_forwarding",
+        "check_restriction",
+        "unblock",
+        "verify",
+        "propagation",
+    ]
+    status: Literal["pending", "running", "succeeded", "skipped", "failed"]
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: ErrorPublic | None
+
+
+class CredentialPublic(BaseModel):
+    available: bool = Field(description="a temporary password waits to be revealed (once)")
+    expires_at: datetime | None
+    revealed_at: datetime | None
+
+
+CaseStateName = Literal[
+    "received",
+    "securing_account",
+    "checking_restriction",
+    "awaiting_approval",
+    "unblocking",
+    "verifying",
+    "awaiting_propagation",
+    "resolved",
+    "failed",
+    "escalated",
+    "cancelled",
+]
+
+
+class CasePublic(BaseModel):
+    """A case as the contract shows it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_CASE]})
+
+    id: str
+    mailbox: str
+    state: CaseStateName
+    outcome: Literal["unblocked", "not_restricted", "failed", "escalated", "cancelled"] | None
+    ticket_ref: str | None
+    requested_by: str | None
+    note: str | None
+    actions: ActionsIn
+    restriction: RestrictionPublic | None
+    steps: list[StepPublic]
+    credential: CredentialPublic | None
+    last_error: ErrorPublic | None
+    next_action_at: datetime | None
+    sending_restored_by: datetime | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+    @classmethod
+    def of(cls, case: CaseSnapshot) -> CasePublic:
+        credential = None
+        if case.credential is not None and (case.credential.applied or case.credential.revealed_at):
+            credential = CredentialPublic(
+                available=case.credential.available,
+                expires_at=case.credential.expires_at,
+                revealed_at=case.credential.revealed_at,
+            )
+        return cls(
+            id=case.id,
+            mailbox=case.mailbox,
+            state=case.state,
+            outcome=case.outcome,
+            ticket_ref=case.ticket_ref,
+            requested_by=case.requested_by,
+            note=case.note,
+            actions=ActionsIn(**case.actions),
+            restriction=RestrictionPublic(**case.restriction) if case.restriction else None,
+            steps=[
+                StepPublic(
+                    name=s.name,
+                    status=s.status,
+                    attempts=s.attempts,
+                    started_at=s.started_at,
+                    finished_at=s.finished_at,
+                    error=ErrorPublic(**s.error) if s.error else None,
+                )
+                for s in case.steps
+            ],
+            credential=credential,
+            last_error=ErrorPublic(**case.last_error) if case.last_error else None,
+            next_action_at=case.next_action_at,
+            sending_restored_by=case.sending_restored_by,
+            created_by=case.created_by,
+            created_at=case.created_at,
+            updated_at=case.updated_at,
+            version=case.version,
+        )
+
+
+class CasesPage(BaseModel):
+    items: list[CasePublic]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last")
+
+
+class EventPublic(BaseModel):
+    id: int
+    at: datetime
+    actor: str = Field(description="the API key's name, `worker`, or `discovery`")
+    type: str = Field(examples=["state.changed", "step.succeeded", "credential.revealed"])
+    from_state: str | None
+    to_state: str | None
+    step: str | None
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: EventRecord) -> EventPublic:
+        return cls(
+            id=event.id,
+            at=event.at,
+            actor=event.actor,
+            type=event.type,
+            from_state=event.from_state,
+            to_state=event.to_state,
+            step=event.step,
+            detail=event.detail,
+        )
+
+
+class EventsPage(BaseModel):
+    items: list[EventPublic]
+
+
+class RevealedCredential(BaseModel):
+    """Shown once. Hand it to the user in person or by phone; never by e-mail."""
+
+    password: str
+    expires_at: datetime

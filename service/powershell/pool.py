@@ -1,0 +1,313 @@
+"""The warm pool: N connected runspaces shared by async callers without blocking the event loop.
+
+Each call borrows one runspace for the whole pipeline (so at most one pipeline per runspace),
+runs it in a worker thread, and gives it back. Call N+1 waits its turn. A call that outlives
+its timeout returns :class:`~service.errors.CallTimeout` to its caller at once; the thread
+finishes on its own and the runspace is thrown away. A runspace that breaks (dropped
+connection, fault, timeout) is closed and a replacement is opened in the background, so the
+next caller finds a warm one. Runspaces are recycled after a number of calls because the
+Exchange module does not free its memory on disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import CallTimeout, EndpointUnavailable
+from service.logging import get_logger
+from service.powershell.commands import Invocation
+from service.powershell.runspace import EndpointOptions, RawResult, Runspace, RunspaceFailure, ping
+
+log = get_logger(__name__)
+
+RunspaceFactory = Callable[[EndpointOptions, str], Runspace]
+
+
+def _default_factory(options: EndpointOptions, name: str) -> Runspace:
+    return Runspace(options, name=name)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    size: int
+    in_use: int
+    idle: int
+    opening: int
+
+
+class WarmPool:
+    def __init__(
+        self,
+        options: EndpointOptions,
+        *,
+        size: int,
+        call_timeout: float,
+        recycle_after: int = 500,
+        lazy: bool = False,
+        open_timeout: float = 60.0,
+        factory: RunspaceFactory = _default_factory,
+    ) -> None:
+        self.options = options
+        self.size = size
+        self.call_timeout = call_timeout
+        self.recycle_after = recycle_after
+        self.lazy = lazy
+        self.open_timeout = open_timeout
+        self._factory = factory
+        self._executor = ThreadPoolExecutor(max_workers=size * 2 + 2, thread_name_prefix="psrp")
+        self._idle: deque[Runspace] = deque()
+        self._total = 0  # open or being opened, by callers or the warmer
+        self._opening = 0
+        self._in_use = 0
+        self._cond: asyncio.Condition | None = None
+        self._warmer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._serial = 0
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing: set[concurrent.futures.Future[None]] = set()
+        self.last_success = 0.0
+
+    @property
+    def cond(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> PoolStats:
+        return PoolStats(size=self.size, in_use=self._in_use, idle=len(self._idle), opening=self._opening)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin warming every runspace in the background (unless lazy); never fails."""
+        if not self.lazy:
+            self._kick_warmer()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._warmer is not None:
+            self._warmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._warmer
+        if self._background:
+            # pipelines being terminated hand their runspace back; those are closed below or by _give_back
+            await asyncio.wait(self._background, timeout=10)
+        async with self.cond:
+            idle = list(self._idle)
+            self._idle.clear()
+            self.cond.notify_all()
+        for runspace in idle:
+            self._close_later(runspace)
+        if self._closing:
+            await asyncio.wait([asyncio.wrap_future(job) for job in list(self._closing)], timeout=10)
+        self._executor.shutdown(wait=False)
+
+    def _name(self) -> str:
+        self._serial += 1
+        return f"rs{self._serial}"
+
+    async def _open(self) -> Runspace:
+        runspace = self._factory(self.options, self._name())
+        deadline = time.monotonic() + self.open_timeout
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        self._opening += 1
+        job = loop.run_in_executor(self._executor, runspace.open, deadline)
+        try:
+            await asyncio.wait_for(asyncio.shield(job), self.open_timeout + 5)
+        except (TimeoutError, asyncio.CancelledError) as stopped:
+            # Whoever waited is gone; if the open still succeeds, close it rather than leak a shell.
+            job.add_done_callback(lambda _: self._close_later(runspace))
+            if isinstance(stopped, asyncio.CancelledError):
+                raise
+            raise EndpointUnavailable("opening a runspace on the PowerShell endpoint timed out") from None
+        except RunspaceFailure as failure:
+            raise failure.error from None
+        finally:
+            self._opening -= 1
+        log.info(
+            "runspace_opened", runspace=runspace.name, duration_ms=round((time.perf_counter() - started) * 1000, 1)
+        )
+        return runspace
+
+    def _kick_warmer(self) -> None:
+        if self._closed or self.lazy:
+            return
+        if self._warmer is None or self._warmer.done():
+            self._warmer = asyncio.get_running_loop().create_task(self._warm())
+
+    async def _warm(self) -> None:
+        """Open runspaces until the pool is full; on failure back off and try again."""
+        backoff = 1.0
+        while not self._closed:
+            async with self.cond:
+                missing = self.size - self._total
+                if missing <= 0:
+                    return
+                self._total += missing
+            results = await asyncio.gather(*(self._open() for _ in range(missing)), return_exceptions=True)
+            failures = 0
+            async with self.cond:
+                for result in results:
+                    if not isinstance(result, BaseException):
+                        if self.closed:  # closed while this runspace was opening
+                            self._total -= 1
+                            self._close_later(result)
+                        else:
+                            self._idle.append(result)
+                    else:
+                        failures += 1
+                        self._total -= 1
+                self.cond.notify_all()
+            if failures:
+                first = next(r for r in results if isinstance(r, BaseException))
+                log.warning("runspace_open_failed", count=failures, error_class=type(first).__name__, detail=str(first))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+            else:
+                backoff = 1.0
+
+    # --- borrowing -------------------------------------------------------------------------------
+
+    async def _acquire(self, deadline: float) -> Runspace:
+        async with self.cond:
+            while True:
+                if self._closed:
+                    raise EndpointUnavailable("the PowerShell bridge is closed")
+                if self._idle:
+                    self._in_use += 1
+                    return self._idle.popleft()
+                if self._total < self.size:
+                    self._total += 1
+                    self._in_use += 1
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CallTimeout("no runspace became free within the call timeout")
+                try:
+                    await asyncio.wait_for(self.cond.wait(), remaining)
+                except TimeoutError:
+                    continue
+        try:
+            return await self._open()
+        except BaseException:
+            async with self.cond:
+                self._total -= 1
+                self._in_use -= 1
+                self.cond.notify()
+            raise
+
+    async def _give_back(self, runspace: Runspace, *, broken: bool, reason: str = "") -> None:
+        retire = broken or runspace.calls >= self.recycle_after or self._closed
+        async with self.cond:
+            self._in_use -= 1
+            if retire:
+                self._total -= 1
+            else:
+                self._idle.append(runspace)
+            self.cond.notify()
+        if retire:
+            log.info("runspace_retired", runspace=runspace.name, reason=reason or "recycled", calls=runspace.calls)
+            self._close_later(runspace)
+            self._kick_warmer()
+
+    def _close_later(self, runspace: Runspace) -> None:
+        try:
+            job = self._executor.submit(runspace.close)
+        except RuntimeError:  # the executor is shut down: still close the remote shell
+            threading.Thread(target=runspace.close, name="psrp-close", daemon=True).start()
+            return
+        self._closing.add(job)
+        job.add_done_callback(self._closing.discard)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def call(self, invocations: tuple[Invocation, ...], *, limit: float | None = None) -> RawResult:
+        """Run one pipeline on a borrowed runspace; raises a classified BridgeError on failure."""
+        limit = limit or self.call_timeout
+        deadline = time.monotonic() + limit
+        runspace = await self._acquire(deadline)
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._executor, runspace.invoke, invocations, deadline)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(job), max(0.0, deadline - time.monotonic()) + 1.0)
+        except TimeoutError:
+            self._abandon(runspace, job)
+            raise CallTimeout(f"{invocations[-1].name} did not finish within {limit:.0f}s") from None
+        except RunspaceFailure as failure:
+            await self._give_back(runspace, broken=failure.broken, reason=failure.error.code)
+            raise failure.error from None
+        except asyncio.CancelledError:
+            self._abandon(runspace, job)
+            raise
+        self.last_success = time.monotonic()
+        self._spawn(self._finish(runspace))
+        return result
+
+    async def _finish(self, runspace: Runspace) -> None:
+        """Terminate the finished pipeline on the server, then make the runspace available again."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, runspace.finish)
+        except RunspaceFailure as failure:
+            await self._give_back(runspace, broken=True, reason=failure.error.code)
+            return
+        except RuntimeError:  # executor shut down
+            return
+        await self._give_back(runspace, broken=False)
+
+    def _abandon(self, runspace: Runspace, job: asyncio.Future[RawResult]) -> None:
+        """A caller gave up: the runspace is lost to it; close it once its thread lets go."""
+
+        def closed(_: object) -> None:
+            self._close_later(runspace)
+
+        job.add_done_callback(closed)
+
+        async def release() -> None:
+            async with self.cond:
+                self._in_use -= 1
+                self._total -= 1
+                self.cond.notify()
+            log.info("runspace_retired", runspace=runspace.name, reason="abandoned")
+            self._kick_warmer()
+
+        self._spawn(release())
+
+    async def probe(self, seconds: float = 3.0) -> None:
+        """Raise EndpointUnavailable unless the endpoint answers.
+
+        Cheap by design (a WS-Management Get, no PowerShell): the shell of an idle runspace if
+        there is one, otherwise a fresh connection that asks for the service configuration.
+        """
+        loop = asyncio.get_running_loop()
+        async with self.cond:
+            runspace = self._idle.popleft() if self._idle else None
+            if runspace is not None:
+                self._in_use += 1
+        if runspace is not None:
+            alive = await loop.run_in_executor(self._executor, runspace.is_alive, max(1, int(seconds)))
+            await self._give_back(runspace, broken=not alive, reason="probe failed")
+            if alive:
+                return
+        elif self._in_use and time.monotonic() - self.last_success < 30:
+            return  # every runspace is busy, and calls are succeeding
+        reachable = await loop.run_in_executor(self._executor, ping, self.options, seconds)
+        if not reachable:
+            raise EndpointUnavailable("the PowerShell endpoint does not answer")
