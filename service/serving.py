@@ -101,6 +101,8 @@ def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None) 
         finally:
             if runtime.gateway is not None:
                 await runtime.gateway.close()
+            if runtime.background:  # bookkeeping writes (key last use) finish before the pool closes
+                await asyncio.wait(runtime.background, timeout=5)
             await runtime.db.dispose()
 
     @asynccontextmanager

@@ -49,7 +49,6 @@ CONNECT_GRAPH = Command(
 GET_ACCEPTED_DOMAIN = Command("Get-AcceptedDomain", ())
 GET_BLOCKED_SENDER = Command("Get-BlockedSenderAddress", ("SenderAddress",))
 REMOVE_BLOCKED_SENDER = Command("Remove-BlockedSenderAddress", ("SenderAddress", "Reason", "Confirm"))
-GET_MAILBOX = Command("Get-Mailbox", ("Identity",))
 SET_MAILBOX = Command(
     "Set-Mailbox", ("Identity", "ForwardingSmtpAddress", "ForwardingAddress", "DeliverToMailboxAndForward", "Confirm")
 )
@@ -68,7 +67,6 @@ CATALOGUE: tuple[Command, ...] = (
     GET_ACCEPTED_DOMAIN,
     GET_BLOCKED_SENDER,
     REMOVE_BLOCKED_SENDER,
-    GET_MAILBOX,
     SET_MAILBOX,
     GET_INBOX_RULE,
     DISABLE_INBOX_RULE,
@@ -85,7 +83,6 @@ EXCHANGE_COMMANDS: tuple[str, ...] = (
     GET_ACCEPTED_DOMAIN.name,
     GET_BLOCKED_SENDER.name,
     REMOVE_BLOCKED_SENDER.name,
-    GET_MAILBOX.name,
     SET_MAILBOX.name,
     GET_INBOX_RULE.name,
     DISABLE_INBOX_RULE.name,

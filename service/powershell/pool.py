@@ -74,6 +74,7 @@ class WarmPool:
         self._serial = 0
         self._background: set[asyncio.Task[None]] = set()
         self._closing: set[concurrent.futures.Future[None]] = set()
+        self._orphans: list[tuple[asyncio.Future[None], Runspace]] = []
         self.last_success = 0.0
 
     @property
@@ -111,6 +112,10 @@ class WarmPool:
             self.cond.notify_all()
         for runspace in idle:
             self._close_later(runspace)
+        for job, runspace in self._orphans:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(job), 15)
+            self._close_later(runspace)
         if self._closing:
             await asyncio.wait([asyncio.wrap_future(job) for job in list(self._closing)], timeout=10)
         self._executor.shutdown(wait=False)
@@ -130,7 +135,7 @@ class WarmPool:
             await asyncio.wait_for(asyncio.shield(job), self.open_timeout + 5)
         except (TimeoutError, asyncio.CancelledError) as stopped:
             # Whoever waited is gone; if the open still succeeds, close it rather than leak a shell.
-            job.add_done_callback(lambda _: self._close_later(runspace))
+            self._orphans.append((job, runspace))
             if isinstance(stopped, asyncio.CancelledError):
                 raise
             raise EndpointUnavailable("opening a runspace on the PowerShell endpoint timed out") from None
@@ -148,6 +153,16 @@ class WarmPool:
             return
         if self._warmer is None or self._warmer.done():
             self._warmer = asyncio.get_running_loop().create_task(self._warm())
+
+    def _reap_orphans(self) -> None:
+        """Close runspaces whose opening finished after their caller gave up."""
+        waiting = []
+        for job, runspace in self._orphans:
+            if job.done():
+                self._close_later(runspace)
+            else:
+                waiting.append((job, runspace))
+        self._orphans = waiting
 
     async def _warm(self) -> None:
         """Open runspaces until the pool is full; on failure back off and try again."""
@@ -183,6 +198,8 @@ class WarmPool:
     # --- borrowing -------------------------------------------------------------------------------
 
     async def _acquire(self, deadline: float) -> Runspace:
+        if self._orphans:
+            self._reap_orphans()
         async with self.cond:
             while True:
                 if self._closed:

@@ -614,7 +614,8 @@ def _set_ad_password(ctx: Context, p: dict[str, Any], inputs: list[Any]) -> list
 
 # --- the table -----------------------------------------------------------------------------------
 
-_ADDRESS = r"[^\s;`$(){}|&<>'\"*]+@[A-Za-z0-9.-]+"
+# The runner's ValidatePattern for addresses (ps_scripts/UnblockRunner.psrc).
+_ADDRESS = r"[A-Za-z0-9._+'-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}"
 _CONFIRM = Param("Confirm", "switch")
 
 CMDLETS: dict[str, Cmdlet] = {
@@ -812,7 +813,6 @@ JEA_VISIBLE: frozenset[str] = frozenset(
         "Get-AcceptedDomain",
         "Get-BlockedSenderAddress",
         "Remove-BlockedSenderAddress",
-        "Get-Mailbox",
         "Set-Mailbox",
         "Get-InboxRule",
         "Disable-InboxRule",
