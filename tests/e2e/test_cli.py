@@ -13,7 +13,22 @@ from tests.helpers import free_port, unblock_process, wait_http
 
 runner = CliRunner()
 
-COMMANDS = [[], ["migrate"], ["serve"], ["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"]]
+COMMANDS = [
+    [],
+    ["migrate"],
+    ["serve"],
+    ["worker"],
+    ["sandbox"],
+    ["keys"],
+    ["keys", "create"],
+    ["keys", "list"],
+    ["keys", "revoke"],
+    ["keys", "secret"],
+    ["case"],
+    ["case", "open"],
+    ["case", "show"],
+    ["case", "watch"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "unblock")
