@@ -13,8 +13,9 @@
 
         %ProgramData%\UnblockRunner\runner.json
 
-    It takes no input from the caller. Exchange Online loads exactly the commands the role
-    capability exposes (-CommandName; EXCHANGE_COMMANDS in service/powershell/commands.py).
+    It takes no input from the caller. Exchange Online loads only the commands the service uses
+    (-CommandName; EXCHANGE_COMMANDS in service/powershell/commands.py): those the role capability
+    exposes, and Set-Mailbox, which only the Clear-UnblockForwarding wrapper calls.
 
     Exchange Online is connected before Microsoft Graph is loaded: the two modules ship their own
     copies of the Microsoft identity libraries, and on Windows PowerShell 5.1 the first copy loaded
@@ -52,7 +53,8 @@
         CertificateThumbprint = [string]$config.CertificateThumbprint
         Organization          = [string]$config.Organization
         ShowBanner            = $false
-        # Only the commands the role capability makes visible; each one is a generated function.
+        # Only what the service uses; each one is a generated function (Set-Mailbox stays hidden
+        # behind the Clear-UnblockForwarding wrapper).
         CommandName           = @(
             'Get-AcceptedDomain',
             'Get-BlockedSenderAddress',

@@ -19,8 +19,9 @@
          or checks that the certificate given by -CertificateThumbprint is there with its
          private key;
       3. writes the module C:\Program Files\WindowsPowerShell\Modules\UnblockRunner (manifest,
-         Connect-UnblockRunner.ps1, RoleCapabilities\UnblockRunner.psrc; the Active Directory
-         commands are left out of the role capability unless -IncludeActiveDirectory);
+         UnblockRunner.psm1 with the two wrapper commands, Connect-UnblockRunner.ps1,
+         RoleCapabilities\UnblockRunner.psrc; the Active Directory commands are left out of the
+         role capability unless -IncludeActiveDirectory);
       4. creates %ProgramData%\UnblockRunner, readable by Administrators and SYSTEM only, with
          runner.json (application id, certificate thumbprint, organization, tenant) and the
          Transcripts folder;
@@ -29,8 +30,11 @@
          SHA-256). Registering restarts the WinRM service, which ends every open remoting session
          on this host.
 
-    Changing only the role capability or runner.json needs no re-registration: every new JEA
-    session reads them.
+    Changing only the module (role capability, wrappers, sign-in script) or runner.json needs no
+    re-registration: every new JEA session reads them.
+
+    The endpoint exposes Set-UnblockUserPassword and Clear-UnblockForwarding instead of
+    Update-MgUser and Set-Mailbox: the service must run with UNBLOCK_PS_RUNNER_FUNCTIONS=true.
 
 .PARAMETER AppId
     Application (client) id of the Entra application the runner signs in as, for both Exchange
@@ -309,8 +313,11 @@ if (-not $IncludeActiveDirectory) {
     $roleCapability = Remove-TextRegion -Text $roleCapability -Name 'ActiveDirectory'
 }
 Set-DirectoryIfMissing -Path $RoleCapabilityDir
-$null = Set-FileIfChanged -Path (Join-Path -Path $ModuleDir -ChildPath 'UnblockRunner.psd1') -Content (Read-SourceFile -Name 'UnblockRunner.psd1')
+# The files a manifest or role capability refers to first, so that a session opened meanwhile
+# never finds a reference to a file that is not there yet.
+$null = Set-FileIfChanged -Path (Join-Path -Path $ModuleDir -ChildPath 'UnblockRunner.psm1') -Content (Read-SourceFile -Name 'UnblockRunner.psm1')
 $null = Set-FileIfChanged -Path (Join-Path -Path $ModuleDir -ChildPath 'Connect-UnblockRunner.ps1') -Content (Read-SourceFile -Name 'Connect-UnblockRunner.ps1')
+$null = Set-FileIfChanged -Path (Join-Path -Path $ModuleDir -ChildPath 'UnblockRunner.psd1') -Content (Read-SourceFile -Name 'UnblockRunner.psd1')
 $null = Set-FileIfChanged -Path (Join-Path -Path $RoleCapabilityDir -ChildPath 'UnblockRunner.psrc') -Content $roleCapability
 
 # --- 4. machine configuration and transcripts ---------------------------------------------------
@@ -380,4 +387,4 @@ if ($httpsListener.Count -eq 0) {
     Write-Warning 'WinRM has no HTTPS listener; the service expects one on port 5986 (docs/runner-host.md, "WinRM over HTTPS").'
 }
 
-Write-Verbose "Endpoint $ConfigurationName for $RunnerGroup installed; set UNBLOCK_PS_CONFIGURATION_NAME=$ConfigurationName and UNBLOCK_PS_CONNECT_IN_SESSION=false."
+Write-Verbose "Endpoint $ConfigurationName for $RunnerGroup installed; set UNBLOCK_PS_CONFIGURATION_NAME=$ConfigurationName, UNBLOCK_PS_CONNECT_IN_SESSION=false and UNBLOCK_PS_RUNNER_FUNCTIONS=true."

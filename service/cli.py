@@ -36,6 +36,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 app.add_typer(keys_app, name="keys")
 case_app = typer.Typer(help="Open, show and watch unblock cases.", no_args_is_help=True)
 app.add_typer(case_app, name="case")
+audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 
 class CliError(Exception):
@@ -58,6 +60,12 @@ def settings_for_cli(**overrides: Any) -> Settings:
     settings = load_settings(**overrides)
     configure_logging(settings.log_format, settings.log_level)
     return settings
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
 
 
 def _version(value: bool) -> None:
@@ -188,7 +196,13 @@ def keys_create(
             new = generate_key()
             expires = utcnow() + timedelta(seconds=lifetime) if lifetime else None
             record = await key_rows.create_key(
-                db, name=name, prefix=new.prefix, key_hash=new.key_hash, scopes=scopes, expires_at=expires
+                db,
+                name=name,
+                prefix=new.prefix,
+                key_hash=new.key_hash,
+                scopes=scopes,
+                expires_at=expires,
+                actor=_cli_actor(),
             )
             return record, new.plaintext
         finally:
@@ -238,7 +252,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(metavar="ID", help="Key id
     async def revoke() -> Any:
         db = Database(settings.database_url)
         try:
-            return await key_rows.revoke_key(db, key_id=key_id)
+            return await key_rows.revoke_key(db, key_id=key_id, actor=_cli_actor())
         finally:
             await db.dispose()
 
@@ -252,6 +266,51 @@ def keys_secret() -> None:
     from service.security.keys import generate_secret_key
 
     typer.echo(generate_secret_key())
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit log's hash chain; exit 1 naming the first record that does not match."""
+    from service.persistence import audit
+    from service.persistence.db import Database
+
+    settings = settings_for_cli()
+
+    async def check() -> Any:
+        db = Database(settings.database_url)
+        try:
+            return await audit.check(db)
+        finally:
+            await db.dispose()
+
+    count, broken = run(check())
+    if broken is not None:
+        fail(f"audit log broken at record {broken.seq}: {broken.reason}", code=1)
+    typer.echo(f"audit log intact: {count} records")
+
+
+@audit_app.command("list")
+def audit_list(limit: Annotated[int, typer.Option(min=1, max=10_000, help="How many of the latest.")] = 50) -> None:
+    """Print the latest audit records."""
+    from service.persistence import audit
+    from service.persistence.db import Database
+
+    settings = settings_for_cli()
+
+    async def fetch() -> Any:
+        db = Database(settings.database_url)
+        try:
+            return await audit.recent(db, limit=limit)
+        finally:
+            await db.dispose()
+
+    for row in run(fetch()):
+        typer.echo(
+            f"{row.seq:>6}  {row.at.isoformat(timespec='seconds')}  {row.actor:24}  {row.action:22}  {row.target or ''}"
+        )
 
 
 # --- cases ------------------------------------------------------------------------------

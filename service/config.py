@@ -141,6 +141,11 @@ class Settings(BaseSettings):
         description="run Connect-ExchangeOnline/Connect-MgGraph in each runspace; false when the "
         "endpoint (e.g. a JEA endpoint with a startup script) is already connected",
     )
+    ps_runner_functions: bool = Field(
+        default=False,
+        description="use the UnblockRunner module's wrappers (Set-UnblockUserPassword, Clear-UnblockForwarding) "
+        "that the JEA endpoint exposes instead of Update-MgUser and Set-Mailbox",
+    )
     ps_recycle_after: int = Field(default=500, ge=1, description="calls before a runspace is recycled")
     ps_operation_timeout: int = Field(default=5, ge=1, le=60, description="WSMan long-poll, seconds")
 
@@ -177,8 +182,12 @@ class Settings(BaseSettings):
 
     webhook_timeout: Duration = 10.0
     webhook_max_age: Duration = 24 * 3600.0
+    webhook_retry_initial: Duration = 5.0
+    webhook_retry_max: Duration = 3600.0
+    webhook_allow_http: bool = Field(default=False, description="allow http:// receivers beyond loopback")
 
     rate_limit: str = "600/minute"
+    rate_limit_storage: str = "memory://"
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     cors_origins: CommaList = Field(default_factory=list)
 
@@ -199,6 +208,17 @@ class Settings(BaseSettings):
     def _valid_keys(cls, value: list[str]) -> list[str]:
         for text in value:
             decode_secret_key(text)
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate such as 600/minute or 20/second") from None
         return value
 
     @field_validator("database_url")

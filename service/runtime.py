@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.config import Settings
 from service.persistence.db import Database
@@ -53,10 +53,13 @@ class CaseEvents:
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self.listeners: list[Callable[[str], None]] = []
 
     def publish(self, case_id: str) -> None:
         for event in self._waiters.get(case_id, set()) | self._waiters.get("*", set()):
             event.set()
+        for listener in self.listeners:
+            listener(case_id)
 
     async def wait(self, case_id: str, seconds: float) -> bool:
         event = asyncio.Event()
@@ -84,4 +87,5 @@ class Runtime:
     events: CaseEvents = field(default_factory=CaseEvents)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     domain_cache: tuple[float, list[str]] | None = None
+    senders_cache: tuple[float, dict[str, Any]] | None = None
     instance: str = "unblock"

@@ -20,7 +20,9 @@ import uvicorn
 
 from service.api.app import Background, create_app
 from service.config import PsAuth, PsEncryption, Settings, SettingsError
+from service.discovery.poller import Discovery
 from service.logging import get_logger
+from service.notifications.delivery import WebhookDispatcher
 from service.persistence.db import Database
 from service.persistence.migrate import upgrade
 from service.powershell.bridge import PowerShellBridge
@@ -108,7 +110,15 @@ def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None) 
     @asynccontextmanager
     async def engine() -> AsyncIterator[object]:
         async with running_worker(runtime, concurrency=concurrency) as running:
-            yield running
+            dispatcher = WebhookDispatcher(runtime, worker_id=running.worker_id)
+            poller = Discovery(runtime, worker_id=running.worker_id)
+            await dispatcher.start()
+            await poller.start()
+            try:
+                yield running
+            finally:
+                await poller.stop()
+                await dispatcher.stop()
 
     return [gateway, engine] if worker else [gateway]
 

@@ -64,6 +64,7 @@ class Stack:
     runtime: Runtime
     sandbox: SandboxServer
     key: str
+    app: Any = None
 
     async def open(self, mailbox: str, **body: Any) -> dict[str, Any]:
         response = await self.client.post("/v1/cases", json={"mailbox": mailbox, **body})
@@ -116,4 +117,4 @@ async def running_stack(
         async with httpx.AsyncClient(
             transport=transport, base_url="http://unblock.test", headers={"Authorization": f"Bearer {key}"}
         ) as client:
-            yield Stack(client=client, runtime=runtime, sandbox=sandbox, key=key)
+            yield Stack(client=client, runtime=runtime, sandbox=sandbox, key=key, app=app)

@@ -12,12 +12,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api import errors
 from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, SecurityHeadersMiddleware
-from service.api.routes import cases, health
+from service.api.routes import cases, health, senders, webhooks
+from service.api.routes import metrics as metrics_route
 from service.runtime import Runtime
+from service.security.oidc import OidcVerifier
+from service.security.ratelimit import RateLimiter
 
 Background = Callable[[], AbstractAsyncContextManager[object]]
 
@@ -59,10 +63,29 @@ def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> Fa
         redoc_url=None,
     )
     app.state.runtime = runtime
+    settings = runtime.settings
+    app.state.rate_limiter = RateLimiter(settings.rate_limit, settings.rate_limit_storage)
+    if settings.oidc_jwks_url:
+        app.state.oidc = OidcVerifier(
+            jwks_url=settings.oidc_jwks_url,
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            scope_claim=settings.oidc_scope_claim,
+        )
     errors.install(app)
     app.include_router(cases.router)
+    app.include_router(webhooks.router)
+    app.include_router(senders.router)
+    app.include_router(metrics_route.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
+    if settings.cors_origins:  # off unless asked for: the API is for servers, not browsers elsewhere
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+        )
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -17,12 +17,14 @@ import structlog
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import Forbidden, Unauthenticated
+from service.errors import Forbidden, RateLimited, Unauthenticated
 from service.logging import get_logger
 from service.persistence import keys as key_rows
 from service.persistence.keys import KeyRecord
 from service.runtime import Runtime
 from service.security.keys import matches, prefix_of
+from service.security.oidc import OidcVerifier, TokenRejected, looks_like_jwt
+from service.security.ratelimit import RateLimiter
 
 log = get_logger(__name__)
 
@@ -110,6 +112,40 @@ def _touch_later(runtime: Runtime, cache: KeyCache, record: KeyRecord) -> None:
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 
 
+async def _from_api_key(request: Request, token: str) -> Principal | None:
+    prefix = prefix_of(token)
+    if prefix is None:
+        return None
+    record = await _record(request, prefix)
+    runtime = _runtime(request)
+    if record is None or not matches(token, record.key_hash):
+        raise Unauthenticated("the API key is not valid")
+    if not record.usable(runtime.clock()):
+        raise Unauthenticated("the API key is revoked or expired")
+    _touch_later(runtime, _cache(request), record)
+    return Principal(id=record.id, name=record.name, scopes=frozenset(record.scopes))
+
+
+async def _from_token(request: Request, token: str) -> Principal | None:
+    verifier: OidcVerifier | None = getattr(request.app.state, "oidc", None)
+    if verifier is None or not looks_like_jwt(token):
+        return None
+    try:
+        identity = await verifier.verify(token)
+    except TokenRejected as error:
+        raise Unauthenticated(f"the bearer token is not valid: {error}") from None
+    return Principal(id=identity.id, name=identity.name, scopes=identity.scopes, kind="oidc")
+
+
+def _limit(request: Request, principal: Principal) -> None:
+    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        return
+    wait = limiter.hit(principal.id)
+    if wait is not None:
+        raise RateLimited(wait, f"rate limit of {limiter.item} for this key reached; retry in {wait:.0f}s")
+
+
 async def authenticate(request: Request, credentials: BearerDep) -> Principal:
     cached: Principal | None = getattr(request.state, "principal_obj", None)
     if cached is not None:
@@ -117,15 +153,10 @@ async def authenticate(request: Request, credentials: BearerDep) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthenticated("send an API key as: Authorization: Bearer <key>")
     token = credentials.credentials.strip()
-    prefix = prefix_of(token)
-    record = await _record(request, prefix) if prefix else None
-    runtime = _runtime(request)
-    if record is None or not matches(token, record.key_hash):
+    principal = await _from_api_key(request, token) or await _from_token(request, token)
+    if principal is None:
         raise Unauthenticated("the API key is not valid")
-    if not record.usable(runtime.clock()):
-        raise Unauthenticated("the API key is revoked or expired")
-    _touch_later(runtime, _cache(request), record)
-    principal = Principal(id=record.id, name=record.name, scopes=frozenset(record.scopes))
+    _limit(request, principal)
     request.state.principal_obj = principal
     request.state.principal = principal.name
     structlog.contextvars.bind_contextvars(principal=principal.name)

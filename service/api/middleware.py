@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import metrics
 from service.api.problems import problem_response
 from service.logging import get_logger
 
@@ -58,6 +59,11 @@ class RequestContextMiddleware:
                 await self.app(scope, receive, send_with_id)
             finally:
                 path = scope.get("path", "")
+                route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+                elapsed = time.perf_counter() - started
+                method = str(scope.get("method", ""))
+                metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+                metrics.HTTP_DURATION.labels(method=method, route=route).observe(elapsed)
                 if not path.startswith(("/healthz", "/metrics")):
                     state: dict[str, Any] = scope.get("state", {})
                     log.info(

@@ -69,5 +69,6 @@ async def open_case(
     )
     if not stored.replayed:
         runtime.work.notify()
+        runtime.events.publish(str(stored.body.get("id")))
         log.info("case_created", case_id=stored.body.get("id"), mailbox=body.mailbox, actor=actor)
     return stored

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from service.errors import InvalidMailbox
-from service.persistence.records import CaseSnapshot, EventRecord
+from service.persistence.records import CaseSnapshot, EventRecord, case_document, event_document
 from service.security.inputs import normalize_mailbox
 
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -187,43 +187,7 @@ class CasePublic(BaseModel):
 
     @classmethod
     def of(cls, case: CaseSnapshot) -> CasePublic:
-        credential = None
-        if case.credential is not None and (case.credential.applied or case.credential.revealed_at):
-            credential = CredentialPublic(
-                available=case.credential.available,
-                expires_at=case.credential.expires_at,
-                revealed_at=case.credential.revealed_at,
-            )
-        return cls(
-            id=case.id,
-            mailbox=case.mailbox,
-            state=case.state,
-            outcome=case.outcome,
-            ticket_ref=case.ticket_ref,
-            requested_by=case.requested_by,
-            note=case.note,
-            actions=ActionsIn(**case.actions),
-            restriction=RestrictionPublic(**case.restriction) if case.restriction else None,
-            steps=[
-                StepPublic(
-                    name=s.name,
-                    status=s.status,
-                    attempts=s.attempts,
-                    started_at=s.started_at,
-                    finished_at=s.finished_at,
-                    error=ErrorPublic(**s.error) if s.error else None,
-                )
-                for s in case.steps
-            ],
-            credential=credential,
-            last_error=ErrorPublic(**case.last_error) if case.last_error else None,
-            next_action_at=case.next_action_at,
-            sending_restored_by=case.sending_restored_by,
-            created_by=case.created_by,
-            created_at=case.created_at,
-            updated_at=case.updated_at,
-            version=case.version,
-        )
+        return cls.model_validate(case_document(case))
 
 
 class CasesPage(BaseModel):
@@ -243,16 +207,7 @@ class EventPublic(BaseModel):
 
     @classmethod
     def of(cls, event: EventRecord) -> EventPublic:
-        return cls(
-            id=event.id,
-            at=event.at,
-            actor=event.actor,
-            type=event.type,
-            from_state=event.from_state,
-            to_state=event.to_state,
-            step=event.step,
-            detail=event.detail,
-        )
+        return cls.model_validate(event_document(event))
 
 
 class EventsPage(BaseModel):

@@ -27,6 +27,7 @@ from service.domain.plan import RequestedActions, build_plan
 from service.domain.states import TERMINAL_STATES, CaseState, StepName, StepStatus
 from service.domain.transitions import Action
 from service.errors import CaseNotFound, ConcurrentUpdate, IdempotencyKeyReused, InvalidInput, OpenCaseExists
+from service.persistence import audit, outbox
 from service.persistence.db import Database
 from service.persistence.models import Case, CaseEvent, CaseStep, Credential, IdempotencyRecord
 from service.persistence.records import CaseSnapshot, Claim, CredentialInfo, EventRecord, StepRecord
@@ -130,6 +131,11 @@ async def _load(session: AsyncSession, case_id: str) -> CaseSnapshot:
     return _snapshot(row, steps, credential)
 
 
+async def snapshot_in(session: AsyncSession, case_id: str) -> CaseSnapshot:
+    """The case as this transaction sees it (for other persistence modules)."""
+    return await _load(session, case_id)
+
+
 async def _load_many(session: AsyncSession, rows: Sequence[Case]) -> list[CaseSnapshot]:
     ids = [r.id for r in rows]
     if not ids:
@@ -219,6 +225,12 @@ async def list_events(db: Database, *, case_id: str, after_id: int | None = None
     ]
 
 
+async def count_by_state(db: Database) -> dict[str, int]:
+    async with db.read() as session:
+        rows = (await session.exec(select(Case.state, func.count()).group_by(Case.state))).all()
+    return {str(state): int(count) for state, count in rows}
+
+
 async def open_case_id(db: Database, *, mailbox: str) -> str | None:
     async with db.read() as session:
         row = (await session.exec(select(Case.id).where(Case.mailbox == mailbox, col(Case.is_open)))).first()
@@ -298,45 +310,7 @@ async def _create_once(
     async with db.write() as session:
         if idempotency is not None and (stored := await _replay(session, idempotency)) is not None:
             return stored
-        existing = (await session.exec(select(Case.id).where(Case.mailbox == new.mailbox, col(Case.is_open)))).first()
-        if existing is not None:
-            raise OpenCaseExists(existing, f"{new.mailbox} already has an open case")
-        case = Case(
-            mailbox=new.mailbox,
-            state=CaseState.received.value,
-            ticket_ref=new.ticket_ref,
-            requested_by=new.requested_by,
-            note=new.note,
-            actions=new.actions.as_dict(),
-            require_approval=new.require_approval,
-            next_action_at=now,
-            created_by=actor,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(case)
-        steps = [
-            CaseStep(case_id=case.id, name=step.value, position=i, status=StepStatus.pending.value)
-            for i, step in enumerate(build_plan(new.actions))
-        ]
-        session.add_all(steps)
-        session.add(
-            _event(
-                case.id,
-                now,
-                actor,
-                "case.created",
-                to_state=CaseState.received.value,
-                detail={
-                    "mailbox": new.mailbox,
-                    "ticket_ref": new.ticket_ref,
-                    "actions": new.actions.as_dict(),
-                    "plan": [s.name for s in steps],
-                },
-            )
-        )
-        await session.flush()
-        snapshot = _snapshot(case, steps, None)
+        snapshot = await insert_case(session, new=new, actor=actor, now=now)
         body, location = render(snapshot)
         if idempotency is not None:
             session.add(
@@ -350,8 +324,53 @@ async def _create_once(
                     created_at=now,
                 )
             )
-        await _notify(session, case.id)
         return Stored(status_code=201, body=body, location=location, replayed=False)
+
+
+async def insert_case(session: AsyncSession, *, new: NewCase, actor: str, now: datetime) -> CaseSnapshot:
+    """Within a caller's transaction: the case, its planned steps, its first event and case.created."""
+    existing = (await session.exec(select(Case.id).where(Case.mailbox == new.mailbox, col(Case.is_open)))).first()
+    if existing is not None:
+        raise OpenCaseExists(existing, f"{new.mailbox} already has an open case")
+    case = Case(
+        mailbox=new.mailbox,
+        state=CaseState.received.value,
+        ticket_ref=new.ticket_ref,
+        requested_by=new.requested_by,
+        note=new.note,
+        actions=new.actions.as_dict(),
+        require_approval=new.require_approval,
+        next_action_at=now,
+        created_by=actor,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(case)
+    steps = [
+        CaseStep(case_id=case.id, name=step.value, position=i, status=StepStatus.pending.value)
+        for i, step in enumerate(build_plan(new.actions))
+    ]
+    session.add_all(steps)
+    session.add(
+        _event(
+            case.id,
+            now,
+            actor,
+            "case.created",
+            to_state=CaseState.received.value,
+            detail={
+                "mailbox": new.mailbox,
+                "ticket_ref": new.ticket_ref,
+                "actions": new.actions.as_dict(),
+                "plan": [s.name for s in steps],
+            },
+        )
+    )
+    await session.flush()
+    snapshot = _snapshot(case, steps, None)
+    await outbox.case_events(session, case=snapshot, at=now, previous_state=None)
+    await _notify(session, case.id)
+    return snapshot
 
 
 async def _cas(
@@ -502,7 +521,10 @@ async def start_step(
         )
         if new_secret is not None:
             await _store_secret(session, case_id=case.id, secret=new_secret, now=now)
-        return await _load(session, case.id)
+        after = await _load(session, case.id)
+        if action is not None:
+            await outbox.case_events(session, case=after, at=now, previous_state=case.state)
+        return after
 
 
 async def _store_secret(session: AsyncSession, *, case_id: str, secret: SealedSecret, now: datetime) -> None:
@@ -613,7 +635,10 @@ async def record_decision(
         await _credential_after(session, case_id=case.id, decision=decision, now=now, ttl=credential_ttl)
         if decision.next_action_at is not None and worker_id is None:
             await _notify(session, case.id)
-        return await _load(session, case.id)
+        after = await _load(session, case.id)
+        if decision.action is not None:
+            await outbox.case_events(session, case=after, at=now, previous_state=case.state)
+        return after
 
 
 async def _credential_after(
@@ -706,6 +731,14 @@ async def apply_user_action(
             changes = {c.name.value: _step_values(c.status, c.error, now, c.reset_counters) for c in decision.steps}
             await _set_steps(session, case_id=case_id, changes=changes)
             session.add(_event(case_id, now, actor, event_type, detail=detail or {}))
+            await audit.append(
+                session,
+                at=now,
+                actor=actor,
+                action=event_type,
+                target=case_id,
+                detail={"from_state": case.state, "to_state": decision.state.value, "mailbox": case.mailbox},
+            )
             session.add(
                 _event(
                     case_id,
@@ -719,5 +752,7 @@ async def apply_user_action(
             )
             if decision.next_action_at is not None:
                 await _notify(session, case_id)
-            return await _load(session, case_id)
+            after = await _load(session, case_id)
+            await outbox.case_events(session, case=after, at=now, previous_state=case.state)
+            return after
     raise ConcurrentUpdate(f"case {case_id} kept changing; try again")

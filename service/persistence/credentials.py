@@ -7,9 +7,11 @@ from datetime import datetime
 from sqlmodel import col, select, update
 
 from service.errors import CaseNotFound, CredentialGone
+from service.persistence import audit, cases, outbox
 from service.persistence.cases import SealedSecret
 from service.persistence.db import Database
 from service.persistence.models import Case, CaseEvent, Credential
+from service.persistence.records import case_document
 
 
 async def take_for_reveal(db: Database, *, case_id: str, actor: str, now: datetime) -> tuple[SealedSecret, datetime]:
@@ -42,6 +44,17 @@ async def take_for_reveal(db: Database, *, case_id: str, actor: str, now: dateti
         session.add(row)
         session.add(
             CaseEvent(case_id=case_id, at=now, actor=actor, type="credential.revealed", detail={"revealed_by": actor})
+        )
+        await audit.append(session, at=now, actor=actor, action="credential.revealed", target=case_id, detail={})
+        await session.flush()
+        revealed = await cases.snapshot_in(session, case_id)
+        await outbox.emit(
+            session,
+            type="credential.revealed",
+            at=now,
+            data={"case": case_document(revealed), "revealed_by": actor, "revealed_at": now.isoformat()},
+            case_id=case_id,
+            ordering_key=f"case:{case_id}",
         )
         # Not a state change: the version (the worker's compare-and-set guard) stays as it is.
         await session.exec(update(Case).where(col(Case.id) == case_id).values(updated_at=now))

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from sqlmodel import col, select, update
 
 from service.errors import ApiKeyNotFound
+from service.persistence import audit
 from service.persistence.db import Database
 from service.persistence.models import ApiKey
 from service.persistence.types import utcnow
@@ -51,10 +52,26 @@ async def create_key(
     key_hash: str,
     scopes: list[str],
     expires_at: datetime | None = None,
+    actor: str = "system",
 ) -> KeyRecord:
-    row = ApiKey(name=name, prefix=prefix, key_hash=key_hash, scopes=scopes, created_at=utcnow(), expires_at=expires_at)
+    now = utcnow()
+    row = ApiKey(name=name, prefix=prefix, key_hash=key_hash, scopes=scopes, created_at=now, expires_at=expires_at)
     async with db.write() as session:
         session.add(row)
+        await session.flush()
+        await audit.append(
+            session,
+            at=now,
+            actor=actor,
+            action="api_key.created",
+            target=row.id,
+            detail={
+                "name": name,
+                "prefix": prefix,
+                "scopes": list(scopes),
+                "expires_at": expires_at.isoformat() if expires_at else None,
+            },
+        )
     return _record(row)
 
 
@@ -70,7 +87,7 @@ async def find_by_prefix(db: Database, *, prefix: str) -> KeyRecord | None:
         return _record(row) if row else None
 
 
-async def revoke_key(db: Database, *, key_id: str) -> KeyRecord:
+async def revoke_key(db: Database, *, key_id: str, actor: str = "system") -> KeyRecord:
     async with db.write() as session:
         row = await session.get(ApiKey, key_id)
         if row is None:
@@ -80,6 +97,14 @@ async def revoke_key(db: Database, *, key_id: str) -> KeyRecord:
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             session.add(row)
+            await audit.append(
+                session,
+                at=row.revoked_at,
+                actor=actor,
+                action="api_key.revoked",
+                target=row.id,
+                detail={"name": row.name, "prefix": row.prefix},
+            )
         return _record(row)
 
 

@@ -146,3 +146,95 @@ class IdempotencyRecord(SQLModel, table=True):
 
 
 metadata = SQLModel.metadata
+
+
+class AuditRecord(SQLModel, table=True):
+    """The append-only audit log; each row is chained to the previous one by its hash."""
+
+    __tablename__ = "audit_log"
+
+    seq: int = Field(primary_key=True, sa_type=BigIntId, sa_column_kwargs={"autoincrement": False})
+    at: datetime = _dt(nullable=False)
+    actor: str = Field(max_length=128)
+    action: str = Field(max_length=64, index=True)
+    target: str | None = Field(default=None, max_length=128)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class WebhookSubscription(SQLModel, table=True):
+    """A receiver of signed events; its signing secret is kept sealed, never in clear."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=26)
+    url: str = Field(max_length=2048)
+    events: list[str] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
+    description: str | None = Field(default=None, max_length=256)
+    secret_key_id: str = Field(max_length=32)
+    secret_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_by: str = Field(max_length=128)
+    created_at: datetime = _dt(nullable=False)
+    deleted_at: datetime | None = _dt()
+
+
+class OutboxEvent(SQLModel, table=True):
+    """An event, written in the transaction of the change it reports (so none is lost or invented)."""
+
+    __tablename__ = "outbox_events"
+
+    id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
+    type: str = Field(max_length=48, index=True)
+    case_id: str | None = Field(default=None, max_length=26, index=True)
+    occurred_at: datetime = _dt(nullable=False)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to one subscription: retried with backoff, then dead-lettered."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_order", "subscription_id", "ordering_key", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
+    subscription_id: str = Field(foreign_key="webhook_subscriptions.id", max_length=26, ondelete="CASCADE")
+    event_id: int = Field(foreign_key="outbox_events.id", sa_type=BigIntId, ondelete="CASCADE")
+    ordering_key: str = Field(max_length=300)
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime = _dt(nullable=False)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: datetime | None = _dt()
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _dt(nullable=False)
+    delivered_at: datetime | None = _dt()
+
+
+class RestrictedSender(SQLModel, table=True):
+    """What discovery has seen on the restricted list, so each new restriction is reported once."""
+
+    __tablename__ = "restricted_senders"
+
+    address: str = Field(primary_key=True, max_length=254)
+    reason: str = Field(default="", max_length=2000)
+    blocked_at: datetime | None = _dt()
+    first_seen_at: datetime = _dt(nullable=False)
+    last_seen_at: datetime = _dt(nullable=False)
+    cleared_at: datetime | None = _dt()
+    reported_at: datetime | None = _dt()
+    case_id: str | None = Field(default=None, max_length=26)
+
+
+class Lease(SQLModel, table=True):
+    """A named lease: one holder at a time across processes (e.g. the discovery poller)."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    owner: str | None = Field(default=None, max_length=128)
+    expires_at: datetime | None = _dt()

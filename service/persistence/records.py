@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from service.domain.decide import CaseView, StepView
@@ -97,3 +97,79 @@ class EventRecord:
 class Claim:
     case_id: str
     version: int
+
+
+def _ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def case_document(case: CaseSnapshot) -> dict[str, Any]:
+    """A case in the contract's JSON shape (section 4): what the API returns and webhooks carry."""
+    credential = None
+    if case.credential is not None and (case.credential.applied or case.credential.revealed_at):
+        credential = {
+            "available": case.credential.available,
+            "expires_at": _ts(case.credential.expires_at),
+            "revealed_at": _ts(case.credential.revealed_at),
+        }
+    restriction = dict(case.restriction) if case.restriction else None
+    if restriction is not None:
+        for key in ("blocked_at", "changed_at"):
+            value = restriction.get(key)
+            if value:
+                restriction[key] = _ts(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+    return {
+        "id": case.id,
+        "mailbox": case.mailbox,
+        "state": case.state,
+        "outcome": case.outcome,
+        "ticket_ref": case.ticket_ref,
+        "requested_by": case.requested_by,
+        "note": case.note,
+        "actions": dict(case.actions),
+        "restriction": restriction,
+        "steps": [
+            {
+                "name": s.name,
+                "status": s.status,
+                "attempts": s.attempts,
+                "started_at": _ts(s.started_at),
+                "finished_at": _ts(s.finished_at),
+                "error": _error(s.error),
+            }
+            for s in case.steps
+        ],
+        "credential": credential,
+        "last_error": _error(case.last_error),
+        "next_action_at": _ts(case.next_action_at),
+        "sending_restored_by": _ts(case.sending_restored_by),
+        "created_by": case.created_by,
+        "created_at": _ts(case.created_at),
+        "updated_at": _ts(case.updated_at),
+        "version": case.version,
+    }
+
+
+def _error(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not error:
+        return None
+    return {
+        "code": str(error.get("code")),
+        "message": str(error.get("message", "")),
+        "retryable": bool(error.get("retryable")),
+    }
+
+
+def event_document(event: EventRecord) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": _ts(event.at),
+        "actor": event.actor,
+        "type": event.type,
+        "from_state": event.from_state,
+        "to_state": event.to_state,
+        "step": event.step,
+        "detail": event.detail,
+    }

@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from service import metrics
 from service.config import Settings
 from service.domain.tenant import InboxRule, Restriction, UserInfo
 from service.errors import BridgeError, MailboxNotFound
@@ -111,6 +112,8 @@ class PowerShellBridge:
         try:
             result = await self.pool.call(tuple(invocations))
         except BridgeError as error:
+            metrics.REMOTE_DURATION.labels(cmdlet=name).observe(time.perf_counter() - started)
+            metrics.REMOTE_ERRORS.labels(cmdlet=name, error_class=type(error).__name__).inc()
             log.info(
                 "remote_call",
                 cmdlet=name,
@@ -120,6 +123,9 @@ class PowerShellBridge:
                 retryable=error.retryable,
             )
             raise
+        metrics.REMOTE_DURATION.labels(cmdlet=name).observe(time.perf_counter() - started)
+        if result.records:
+            metrics.REMOTE_ERRORS.labels(cmdlet=name, error_class="ErrorRecord").inc()
         log.info(
             "remote_call",
             cmdlet=name,
@@ -183,6 +189,10 @@ class PowerShellBridge:
         self._raise_errors(result, c.DISABLE_INBOX_RULE.name)
 
     async def clear_forwarding(self, mailbox: str) -> None:
+        if self.options.runner_functions:
+            result = await self._run(c.CLEAR_RUNNER_FORWARDING(Identity=mailbox))
+            self._raise_errors(result, c.CLEAR_RUNNER_FORWARDING.name)
+            return
         result = await self._run(
             c.SET_MAILBOX(
                 Identity=mailbox,
@@ -225,6 +235,15 @@ class PowerShellBridge:
                 await self._reset_in_graph(upn, password, force_change=force_change)
 
     async def _reset_in_graph(self, upn: str, password: str, *, force_change: bool) -> None:
+        if self.options.runner_functions:
+            # The runner's wrapper takes a SecureString, so no transcript on the runner host holds it.
+            result = await self._run(
+                c.SET_RUNNER_PASSWORD(
+                    UserId=upn, NewPassword=Secret(password), ForceChangePasswordNextSignIn=force_change
+                )
+            )
+            self._raise_errors(result, c.SET_RUNNER_PASSWORD.name)
+            return
         profile = {"Password": password, "ForceChangePasswordNextSignIn": force_change}
         result = await self._run(c.UPDATE_MG_USER(UserId=upn, PasswordProfile=profile))
         self._raise_errors(result, c.UPDATE_MG_USER.name)

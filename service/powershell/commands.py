@@ -17,6 +17,8 @@ class Command:
     name: str
     parameters: tuple[str, ...]
     bootstrap: bool = False  # run once per runspace by the bridge, not exposed by the JEA endpoint
+    direct: bool = False  # used only against a full endpoint; the runner endpoint has a safer wrapper
+    runner: bool = False  # a wrapper function of the UnblockRunner module (the JEA endpoint only)
 
     def __call__(self, **values: Any) -> Invocation:
         unknown = set(values) - set(self.parameters)
@@ -50,12 +52,21 @@ GET_ACCEPTED_DOMAIN = Command("Get-AcceptedDomain", ())
 GET_BLOCKED_SENDER = Command("Get-BlockedSenderAddress", ("SenderAddress",))
 REMOVE_BLOCKED_SENDER = Command("Remove-BlockedSenderAddress", ("SenderAddress", "Reason", "Confirm"))
 SET_MAILBOX = Command(
-    "Set-Mailbox", ("Identity", "ForwardingSmtpAddress", "ForwardingAddress", "DeliverToMailboxAndForward", "Confirm")
+    "Set-Mailbox",
+    ("Identity", "ForwardingSmtpAddress", "ForwardingAddress", "DeliverToMailboxAndForward", "Confirm"),
+    direct=True,
 )
+# The runner module's wrappers. Update-MgUser takes the password in clear inside a hashtable, which a
+# JEA transcript would record; the wrapper takes a SecureString. Set-Mailbox's forwarding parameters
+# must be $null, which JEA cannot constrain; the wrapper takes only the mailbox.
+SET_RUNNER_PASSWORD = Command(
+    "Set-UnblockUserPassword", ("UserId", "NewPassword", "ForceChangePasswordNextSignIn"), runner=True
+)
+CLEAR_RUNNER_FORWARDING = Command("Clear-UnblockForwarding", ("Identity",), runner=True)
 GET_INBOX_RULE = Command("Get-InboxRule", ("Mailbox",))
 DISABLE_INBOX_RULE = Command("Disable-InboxRule", ("Mailbox", "Identity", "Confirm"))
 GET_MG_USER = Command("Get-MgUser", ("UserId", "Property"))
-UPDATE_MG_USER = Command("Update-MgUser", ("UserId", "PasswordProfile"))
+UPDATE_MG_USER = Command("Update-MgUser", ("UserId", "PasswordProfile"), direct=True)
 REVOKE_SESSIONS = Command("Revoke-MgUserSignInSession", ("UserId",))
 GET_AD_USER = Command("Get-ADUser", ("LDAPFilter",))
 SET_AD_PASSWORD = Command("Set-ADAccountPassword", ("Reset", "NewPassword", "PassThru"))
@@ -76,6 +87,8 @@ CATALOGUE: tuple[Command, ...] = (
     GET_AD_USER,
     SET_AD_PASSWORD,
     SET_AD_USER,
+    SET_RUNNER_PASSWORD,
+    CLEAR_RUNNER_FORWARDING,
 )
 
 #: The Exchange cmdlets a runspace loads (Connect-ExchangeOnline -CommandName): only what we call.
@@ -88,8 +101,10 @@ EXCHANGE_COMMANDS: tuple[str, ...] = (
     DISABLE_INBOX_RULE.name,
 )
 
-#: What the JEA endpoint must make visible: everything but the bootstrap connects.
-RUNNER_COMMANDS: tuple[Command, ...] = tuple(c for c in CATALOGUE if not c.bootstrap)
+#: What the JEA endpoint must make visible: no connects, and the wrappers instead of what they wrap.
+RUNNER_COMMANDS: tuple[Command, ...] = tuple(c for c in CATALOGUE if not c.bootstrap and not c.direct)
+#: What a full endpoint (in-session connects) is asked to run.
+DIRECT_COMMANDS: tuple[Command, ...] = tuple(c for c in CATALOGUE if not c.runner)
 
 
 def ldap_escape(value: str) -> str:

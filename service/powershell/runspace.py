@@ -80,6 +80,7 @@ class EndpointOptions:
     cert_thumbprint: str | None
     tenant_id: str | None
     exchange_keys: bool
+    runner_functions: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EndpointOptions:
@@ -100,7 +101,8 @@ class EndpointOptions:
             app_id=settings.tenant_app_id,
             cert_thumbprint=settings.tenant_cert_thumbprint,
             tenant_id=settings.tenant_id or settings.tenant_organization,
-            exchange_keys=settings.password_backend.value == "ad",
+            exchange_keys=settings.password_backend.value == "ad" or settings.ps_runner_functions,
+            runner_functions=settings.ps_runner_functions,
         )
 
 

@@ -521,6 +521,21 @@ def _update_mg_user(ctx: Context, p: dict[str, Any], _: list[Any]) -> list[Any]:
     return []
 
 
+def _runner_password(ctx: Context, p: dict[str, Any], _: list[Any]) -> list[Any]:
+    """The UnblockRunner module's Set-UnblockUserPassword: Update-MgUser with a SecureString in front."""
+    profile = {
+        "Password": p["NewPassword"],
+        "ForceChangePasswordNextSignIn": bool(p.get("ForceChangePasswordNextSignIn")),
+    }
+    return _update_mg_user(ctx, {"UserId": p["UserId"], "PasswordProfile": profile}, [])
+
+
+def _runner_forwarding(ctx: Context, p: dict[str, Any], _: list[Any]) -> list[Any]:
+    """The UnblockRunner module's Clear-UnblockForwarding: Set-Mailbox with $null forwarding."""
+    values = {"Identity": p["Identity"], "ForwardingSmtpAddress": None, "DeliverToMailboxAndForward": False}
+    return _set_mailbox(ctx, values, [])
+
+
 def _revoke_sessions(ctx: Context, p: dict[str, Any], _: list[Any]) -> list[Any]:
     user = _graph_user(ctx, p["UserId"], "RevokeMgUserSignInSession_Revoke")
     if user is None:
@@ -763,6 +778,25 @@ CMDLETS: dict[str, Cmdlet] = {
             graph_set="RevokeMgUserSignInSession_Revoke",
         ),
         Cmdlet(
+            "Set-UnblockUserPassword",
+            "runner",
+            (
+                Param("UserId", mandatory=True, pattern=_ADDRESS),
+                Param("NewPassword", "securestring", mandatory=True),
+                Param("ForceChangePasswordNextSignIn", "bool"),
+            ),
+            _runner_password,
+            "UnblockRunner\\Set-UnblockUserPassword",
+            graph_set="UpdateMgUser_UpdateExpanded",
+        ),
+        Cmdlet(
+            "Clear-UnblockForwarding",
+            "runner",
+            (Param("Identity", mandatory=True, pattern=_ADDRESS),),
+            _runner_forwarding,
+            "UnblockRunner\\Clear-UnblockForwarding",
+        ),
+        Cmdlet(
             "Get-ADUser",
             "ad",
             (
@@ -813,12 +847,12 @@ JEA_VISIBLE: frozenset[str] = frozenset(
         "Get-AcceptedDomain",
         "Get-BlockedSenderAddress",
         "Remove-BlockedSenderAddress",
-        "Set-Mailbox",
         "Get-InboxRule",
         "Disable-InboxRule",
         "Get-MgUser",
-        "Update-MgUser",
         "Revoke-MgUserSignInSession",
+        "Set-UnblockUserPassword",
+        "Clear-UnblockForwarding",
         "Get-ADUser",
         "Set-ADAccountPassword",
         "Set-ADUser",
@@ -829,7 +863,7 @@ JEA_VISIBLE: frozenset[str] = frozenset(
 def lookup(name: str, runspace: Runspace, *, jea: bool) -> Cmdlet | records.ErrorSpec:
     """The command a name refers to in this runspace, or the error PowerShell would give."""
     cmdlet = CMDLETS.get(name.lower())
-    if cmdlet is None or (jea and name.lower() not in JEA_VISIBLE):
+    if cmdlet is None or (jea and name.lower() not in JEA_VISIBLE) or (cmdlet.module == "runner" and not jea):
         return records.command_not_found(name)
     if jea:
         return cmdlet  # the JEA endpoint's startup script has connected both modules

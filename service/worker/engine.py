@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any
 
+from service import metrics
 from service.domain import decide as rules
 from service.domain.password import generate_password
 from service.domain.retry import RetryPolicy
@@ -122,6 +123,9 @@ class Engine:
             credential_ttl=self.runtime.settings.credential_ttl,
         )
         failed = isinstance(outcome.result, rules.Failed)
+        metrics.STEP_DURATION.labels(step=step.value).observe(duration_ms / 1000)
+        if isinstance(outcome.result, rules.Failed):
+            metrics.STEP_FAILURES.labels(step=step.value, code=outcome.result.code).inc()
         log.info(
             "step_failed" if failed else "step_succeeded",
             duration_ms=duration_ms,
@@ -132,6 +136,7 @@ class Engine:
             await self._late(case, step, outcome, now)
             return None
         if decision.changes_state:
+            metrics.TRANSITIONS.labels(from_state=case.state, to_state=recorded.state).inc()
             log.info("case_transitioned", from_state=case.state, to_state=recorded.state, outcome=recorded.outcome)
         self.runtime.events.publish(recorded.id)
         return recorded

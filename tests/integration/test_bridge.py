@@ -374,3 +374,29 @@ async def _settle(predicate: Callable[[], bool], what: str, timeout: float = 5.0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def test_the_runner_endpoint_gets_its_wrappers(make_bridge: BridgeFactory, sandbox: SandboxServer) -> None:
+    """With UNBLOCK_PS_RUNNER_FUNCTIONS the password travels as a SecureString and forwarding has no $null."""
+    bridge = make_bridge(ps_configuration_name="UnblockRunner", ps_connect_in_session=False, ps_runner_functions=True)
+    await bridge.reset_password("rob@contoso.com", "Gx7!mQ2#pL9zR4wT8vY", force_change=True)
+    await bridge.clear_forwarding("rob@contoso.com")
+    names = [call.cmdlet for call in sandbox.tenant.calls]
+    assert "Update-MgUser" not in names
+    assert "Set-Mailbox" not in names
+    wrapper = _calls(sandbox, "Set-UnblockUserPassword")[0]
+    assert wrapper.parameters["NewPassword"] == {"sha256": _sha("Gx7!mQ2#pL9zR4wT8vY")}
+    user = sandbox.tenant.find_user("rob@contoso.com")
+    assert user is not None
+    assert user.password_sha256 == _sha("Gx7!mQ2#pL9zR4wT8vY")
+    assert user.force_change_password is True
+    assert user.forwarding_smtp_address is None
+    with pytest.raises(e.MailboxNotFound):
+        await bridge.reset_password("zed@contoso.com", "Gx7!mQ2#pL9zR4wT8vY")
+
+
+async def test_the_wrappers_do_not_exist_on_a_full_endpoint(make_bridge: BridgeFactory) -> None:
+    """Asking a plain endpoint for the runner's wrappers is a clear PermissionDenied (command missing)."""
+    bridge = make_bridge(ps_runner_functions=True)
+    with pytest.raises(e.PermissionDenied, match="does not offer"):
+        await bridge.clear_forwarding("rob@contoso.com")

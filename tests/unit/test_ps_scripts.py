@@ -5,7 +5,9 @@ read from their syntax trees by a small evaluator of the PowerShell data-file su
 arrays, comma lists, string literals, $true/$false/$null, integers) that refuses anything else.
 The role capability is compared with the command catalogue (service/powershell/commands.py) and
 with the sandbox's emulation of the endpoint, so that the endpoint exposes exactly what the
-service sends, no more, and accepts every value the bridge really sends.
+service sends, no more, and accepts every value the bridge really sends. The module's two wrappers
+(UnblockRunner.psm1) are read from their syntax trees too: their parameters are the catalogue's,
+and they call exactly what they replace, with fixed values, without ever running text as script.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from service.sandbox.cmdlets import JEA_VISIBLE
 ROOT = Path(__file__).resolve().parents[2]
 PS_DIR = ROOT / "ps_scripts"
 DOC = ROOT / "docs" / "runner-host.md"
-PS_SUFFIXES = (".ps1", ".psrc", ".pssc", ".psd1")
+PS_SUFFIXES = (".ps1", ".psm1", ".psrc", ".pssc", ".psd1")
 PS_FILES = sorted(p for p in PS_DIR.iterdir() if p.suffix in PS_SUFFIXES)
 
 PSRC = PS_DIR / "UnblockRunner.psrc"
 PSSC = PS_DIR / "UnblockRunner.pssc"
 PSD1 = PS_DIR / "UnblockRunner.psd1"
+PSM1 = PS_DIR / "UnblockRunner.psm1"
 CONNECT = PS_DIR / "Connect-UnblockRunner.ps1"
 INSTALLER = PS_DIR / "Install-UnblockRunner.ps1"
 
@@ -44,6 +47,24 @@ RUNNER_NAMES = frozenset(cmd.name for cmd in c.RUNNER_COMMANDS)
 CATALOGUE_PARAMETERS = {cmd.name: frozenset(cmd.parameters) for cmd in c.RUNNER_COMMANDS}
 AD_NAMES = frozenset(name for name in RUNNER_NAMES if "-AD" in name)
 GRAPH_NAMES = frozenset(name for name in RUNNER_NAMES if "-Mg" in name)
+#: The UnblockRunner module's functions, and the commands they replace on the JEA endpoint.
+WRAPPERS = {cmd.name: cmd for cmd in c.CATALOGUE if cmd.runner}
+WRAPPED = {cmd.name: cmd for cmd in c.CATALOGUE if cmd.direct}
+#: What each wrapper runs, with the values it fixes ("$Name": the wrapper's own parameter).
+INNER_CALLS = {
+    c.SET_RUNNER_PASSWORD.name: (c.UPDATE_MG_USER.name, {"UserId": "$UserId", "ErrorAction": "Stop"}),
+    c.CLEAR_RUNNER_FORWARDING.name: (
+        c.SET_MAILBOX.name,
+        {
+            "Identity": "$Identity",
+            "ForwardingSmtpAddress": "$null",
+            "ForwardingAddress": "$null",
+            "DeliverToMailboxAndForward": "$false",
+            "Confirm": "$false",
+            "ErrorAction": "Stop",
+        },
+    ),
+}
 
 #: JEA always allows the common parameters, -Confirm and -WhatIf included, and they must not be
 #: listed: on a command that supports ShouldProcess, a listed -Confirm becomes a second -Confirm
@@ -75,12 +96,10 @@ PIPELINE_BOUND: dict[str, frozenset[str]] = {
 }
 
 #: The only parameters listed without ValidateSet/ValidatePattern, each for the reason the psrc
-#: gives: the service sends $null (which both refuse), or the value is not a string JEA can read.
+#: gives: the value is not a string JEA can read (a SecureString), or it is bound from the pipeline.
 UNCONSTRAINED = frozenset(
     {
-        ("Set-Mailbox", "ForwardingSmtpAddress"),
-        ("Set-Mailbox", "ForwardingAddress"),
-        ("Update-MgUser", "PasswordProfile"),
+        ("Set-UnblockUserPassword", "NewPassword"),
         ("Set-ADAccountPassword", "NewPassword"),
         ("Set-ADAccountPassword", "Identity"),
         ("Set-ADUser", "Identity"),
@@ -340,8 +359,8 @@ def jea_accepts(constraint: dict[str, Any], value: Any) -> bool:
 
 
 def test_the_runner_host_files_are_all_there() -> None:
-    """The installer, the startup script, the module manifest, the role capability and the session file."""
-    assert {p.name for p in PS_FILES} >= {PSRC.name, PSSC.name, PSD1.name, CONNECT.name, INSTALLER.name}
+    """The installer, the startup script, the module and its manifest, the role capability, the session file."""
+    assert {p.name for p in PS_FILES} >= {PSRC.name, PSSC.name, PSD1.name, PSM1.name, CONNECT.name, INSTALLER.name}
 
 
 @pytest.mark.parametrize("path", PS_FILES, ids=[p.name for p in PS_FILES])
@@ -404,10 +423,23 @@ def test_the_role_capability_exposes_exactly_the_runner_commands() -> None:
     assert all("*" not in name and "\\" not in name for name in names)
 
 
+def test_the_wrapped_commands_are_not_visible() -> None:
+    """Update-MgUser and Set-Mailbox are reachable only through the wrappers, never by the caller."""
+    assert set(WRAPPED) == {"Update-MgUser", "Set-Mailbox"}
+    assert set(WRAPPERS) == {"Set-UnblockUserPassword", "Clear-UnblockForwarding"}
+    assert not set(WRAPPED) & set(visible()), "a wrapped command is visible"
+    assert set(WRAPPERS) <= set(visible())
+    # Listing a command under another name (module-qualified, wildcard) would expose it as well.
+    listed = {name.lower() for name in visible()}
+    for name in WRAPPED:
+        assert not any(name.lower() in entry or "*" in entry for entry in listed), name
+
+
 def test_functions_and_cmdlets_are_listed_where_powershell_has_them() -> None:
-    """Exchange Online and Graph SDK commands are functions; the ActiveDirectory ones are cmdlets."""
+    """Exchange Online and Graph SDK commands and the wrappers are functions; the ActiveDirectory ones are cmdlets."""
     kinds = {name: command.kind for name, command in visible().items()}
-    assert {n for n, k in kinds.items() if k == "function"} == set(c.EXCHANGE_COMMANDS) | GRAPH_NAMES
+    functions = (set(c.EXCHANGE_COMMANDS) & RUNNER_NAMES) | GRAPH_NAMES | set(WRAPPERS)
+    assert {n for n, k in kinds.items() if k == "function"} == functions
     assert {n for n, k in kinds.items() if k == "cmdlet"} == AD_NAMES
 
 
@@ -441,7 +473,7 @@ def test_constraints_are_well_formed_and_only_missing_where_impossible() -> None
 
 
 async def test_every_value_the_bridge_sends_passes_the_endpoint() -> None:
-    """Run every bridge operation (both password backends) and check each bound value as JEA would."""
+    """Run every bridge operation as set up for this endpoint (both password backends); check values as JEA would."""
     pipelines: list[tuple[Invocation, ...]] = []
 
     class RecordingPool:
@@ -454,7 +486,14 @@ async def test_every_value_the_bridge_sends_passes_the_endpoint() -> None:
 
     address = "o'brien.smith+it@contoso.com"
     for backend in ("graph", "ad"):
-        settings = Settings(ps_server="runner.contoso.com", password_backend=backend)
+        # docs/runner-host.md, "Point the service at it": the settings used with this endpoint.
+        settings = Settings(
+            ps_server="runner.contoso.com",
+            password_backend=backend,
+            ps_configuration_name="UnblockRunner",
+            ps_connect_in_session=False,
+            ps_runner_functions=True,
+        )
         bridge = PowerShellBridge(settings, pool=cast(Any, RecordingPool()))
         await bridge.get_restriction(address)
         await bridge.list_restrictions()
@@ -471,6 +510,7 @@ async def test_every_value_the_bridge_sends_passes_the_endpoint() -> None:
 
     exercised = {invocation.name for pipeline in pipelines for invocation in pipeline}
     assert exercised == RUNNER_NAMES, "every command the endpoint exposes is one the bridge runs"
+    assert not exercised & set(WRAPPED), "the bridge runs a command the endpoint only has inside a wrapper"
     for pipeline in pipelines:
         for invocation in pipeline:
             command = visible()[invocation.name]
@@ -490,13 +530,17 @@ async def test_every_value_the_bridge_sends_passes_the_endpoint() -> None:
         ("Remove-BlockedSenderAddress", "SenderAddress", "rob@contoso.com; Remove-Mailbox rob"),
         ("Remove-BlockedSenderAddress", "SenderAddress", None),
         ("Remove-BlockedSenderAddress", "Reason", "no case"),
-        ("Set-Mailbox", "Identity", "*"),
-        ("Set-Mailbox", "DeliverToMailboxAndForward", True),
+        ("Clear-UnblockForwarding", "Identity", "*"),
+        ("Clear-UnblockForwarding", "Identity", "rob@contoso.com -ForwardingSmtpAddress eve@example.net"),
+        ("Clear-UnblockForwarding", "Identity", None),
         ("Get-InboxRule", "Mailbox", "rob"),
         ("Disable-InboxRule", "Identity", "Rob\\*"),
         ("Get-MgUser", "UserId", "00000000-0000-0000-0000-000000000000"),
         ("Get-MgUser", "Property", ["Id", "SignInActivity"]),
-        ("Update-MgUser", "UserId", "rob@contoso.com' -AccountEnabled $false"),
+        ("Set-UnblockUserPassword", "UserId", "rob@contoso.com' -AccountEnabled $false"),
+        ("Set-UnblockUserPassword", "UserId", "*@contoso.com"),
+        ("Set-UnblockUserPassword", "ForceChangePasswordNextSignIn", "maybe"),
+        ("Set-UnblockUserPassword", "ForceChangePasswordNextSignIn", None),
         ("Revoke-MgUserSignInSession", "UserId", "rob@"),
         ("Get-ADUser", "LDAPFilter", "(userPrincipalName=*)"),
         ("Get-ADUser", "LDAPFilter", "(|(userPrincipalName=rob@contoso.com)(adminCount=1))"),
@@ -555,7 +599,7 @@ def test_the_installer_fills_in_the_session_configuration_placeholders() -> None
 
 
 def test_the_module_signs_in_before_jea_builds_its_proxies() -> None:
-    """The role capability imports UnblockRunner after Exchange Online; its manifest runs the sign-in."""
+    """The role capability imports UnblockRunner after Exchange Online; its manifest signs in, then loads the .psm1."""
     modules = as_list(role_capability()["ModulesToImport"])
     required = [
         "ExchangeOnlineManagement",
@@ -568,10 +612,17 @@ def test_the_module_signs_in_before_jea_builds_its_proxies() -> None:
     assert modules.index("ExchangeOnlineManagement") < modules.index(PSD1.stem)
     assert modules.index(PSD1.stem) < min(modules.index(m) for m in modules if m.startswith("Microsoft.Graph"))
     manifest = data_file(PSD1.read_text(encoding="utf-8"))
+    # Import-Module runs ScriptsToProcess (in the importer's scope) before it loads the RootModule.
     assert as_list(manifest["ScriptsToProcess"]) == [CONNECT.name]
-    assert "RootModule" not in manifest
-    for key in ("FunctionsToExport", "CmdletsToExport", "VariablesToExport", "AliasesToExport"):
-        assert manifest[key] == [], f"the module must export nothing ({key})"
+    assert manifest["RootModule"] == PSM1.name
+    assert "NestedModules" not in manifest
+    # RequiredModules load before the sign-in: a Graph module there would load before Exchange Online.
+    assert as_list(manifest["RequiredModules"]) == ["ExchangeOnlineManagement"]
+    exported = as_list(manifest["FunctionsToExport"])
+    assert len(exported) == len(set(exported))
+    assert set(exported) == set(WRAPPERS), "the module exports exactly the wrappers"
+    for key in ("CmdletsToExport", "VariablesToExport", "AliasesToExport"):
+        assert manifest[key] == [], f"the module exports nothing but the wrappers ({key})"
 
 
 # --- (e) the installer -----------------------------------------------------------------------------------
@@ -709,6 +760,25 @@ def test_the_installer_supports_whatif_and_documents_every_parameter() -> None:
     assert all(len(body.split()) > 3 for body in documented.values()), "a .PARAMETER without a description"
 
 
+def test_the_installer_installs_every_module_file() -> None:
+    """The .psm1, the sign-in script and the manifest go to the module folder; the .psrc under RoleCapabilities."""
+    root = parse(INSTALLER.read_bytes()).root_node
+    writes = commands_named(root, "Set-FileIfChanged")
+    order: list[str] = []
+    for name in (PSM1.name, CONNECT.name, PSD1.name):
+        (write,) = [w for w in writes if f"-ChildPath '{name}'" in text(w)]
+        assert "-Path $ModuleDir" in text(write).replace("(Join-Path ", "")
+        assert f"Read-SourceFile -Name '{name}'" in text(write)
+        order.append(name)
+    (role,) = [w for w in writes if f"-ChildPath '{PSRC.name}'" in text(w)]
+    assert "$RoleCapabilityDir" in text(role)
+    # A manifest is written after the files it names, the role capability after the functions it lists.
+    position = {name: next(w.start_byte for w in writes if f"'{name}'" in text(w)) for name in order}
+    assert position[PSM1.name] < position[PSD1.name]
+    assert position[CONNECT.name] < position[PSD1.name]
+    assert position[PSD1.name] < role.start_byte
+
+
 def test_the_installer_changes_nothing_outside_should_process() -> None:
     """Every state-changing cmdlet or file write runs under $PSCmdlet.ShouldProcess (so -WhatIf works)."""
     root = parse(INSTALLER.read_bytes()).root_node
@@ -765,7 +835,264 @@ def test_the_startup_script_takes_no_input_and_stops_on_errors() -> None:
     assert "Microsoft.Graph.Authentication" in text(graph_module)
 
 
-# --- (g) the sandbox emulates what is installed ------------------------------------------------------------
+# --- (g) the wrappers of the UnblockRunner module ---------------------------------------------------------
+
+
+@cache
+def module_tree() -> Node:
+    tree = parse(PSM1.read_bytes())
+    error = first_error(tree.root_node)
+    assert error is None, describe(error, PSM1.name)
+    return tree.root_node
+
+
+def functions(root: Node) -> dict[str, Node]:
+    """Name -> function_statement, for every function the file defines (at any depth)."""
+    found: dict[str, Node] = {}
+    for statement in walk_type(root, "function_statement"):
+        (name,) = [ch for ch in statement.children if ch.type == "function_name"]
+        assert text(name) not in found, f"{text(name)} is defined twice"
+        found[text(name)] = statement
+    return found
+
+
+def function_parameters(function: Node) -> dict[str, Node]:
+    """Name -> script_parameter of a function's param() block (the function's own, not a nested one)."""
+    (body,) = [ch for ch in function.children if ch.type == "script_block"]
+    (block,) = [ch for ch in body.children if ch.type == "param_block"]
+    parameters: dict[str, Node] = {}
+    for parameter in walk_type(block, "script_parameter"):
+        variable = next(child for child in named(parameter) if child.type == "variable")
+        parameters[text(variable).removeprefix("$")] = parameter
+    return parameters
+
+
+def attributes(node: Node) -> dict[str, Node]:
+    """Lower-cased attribute name -> attribute node (type literals such as [string] under "type")."""
+    found: dict[str, Node] = {}
+    for attribute in (n for n in node.children if n.type == "attribute_list"):
+        for item in named(attribute):
+            literal = [ch for ch in item.children if ch.type == "type_literal"]
+            name = "type" if literal else text(next(ch for ch in item.children if ch.type == "attribute_name"))
+            found[name.lower()] = literal[0] if literal else item
+    return found
+
+
+def attribute_strings(attribute: Node) -> list[str]:
+    """The string arguments of an attribute, e.g. the pattern of [ValidatePattern('...')]."""
+    return [evaluate(named(arg)[-1]) for arg in walk_type(attribute, "attribute_argument") if not walk_type(arg, "=")]
+
+
+def command_arguments(command: Node) -> dict[str, str | None]:
+    """-Name -> text of its argument (None for a switch), for a command with named arguments only."""
+    (elements,) = [ch for ch in command.children if ch.type == "command_elements"]
+    arguments: dict[str, str | None] = {}
+    current: str | None = None
+    for element in named(elements):
+        if element.type == "command_argument_sep":
+            continue
+        if element.type == "command_parameter":
+            current = text(element).removeprefix("-").rstrip(":")
+            assert current not in arguments, f"-{current} twice"
+            arguments[current] = None
+        else:
+            assert current is not None, f"positional argument {text(element)!r}"
+            assert arguments[current] is None, f"-{current} has two arguments"
+            arguments[current] = text(element)
+    return arguments
+
+
+def called_commands(node: Node) -> list[Node]:
+    return walk_type(node, "command")
+
+
+#: Anything that runs text as PowerShell, or runs a command chosen at run time.
+SCRIPT_TEXT_COMMANDS = frozenset(
+    {"invoke-expression", "iex", "invoke-command", "icm", "add-type", "new-module", "import-module", "start-job"}
+)
+SCRIPT_TEXT_METHODS = frozenset({"create", "expandstring", "newscriptblock", "invokescript", "invoke"})
+
+
+def script_text_problems(root: Node) -> list[str]:
+    """Constructs through which a value could become script text or pick the command to run."""
+    problems: list[str] = []
+    for command in called_commands(root):
+        names = [ch for ch in command.children if ch.type == "command_name"]
+        if not names or any(ch.type == "command_invokation_operator" for ch in command.children):
+            problems.append(f"command chosen at run time: {text(command)[:60]!r}")
+        elif text(names[0]).lower() in SCRIPT_TEXT_COMMANDS:
+            problems.append(f"{text(names[0])} runs text as script")
+    for call in walk_type(root, "invokation_expression"):
+        member = [ch for ch in call.children if ch.type == "member_name"]
+        if member and text(member[0]).lower() in SCRIPT_TEXT_METHODS:
+            problems.append(f"{text(call)[:60]!r} turns text into script")
+    for literal in walk_type(root, "expandable_string_literal"):
+        if walk_type(literal, "variable") or walk_type(literal, "sub_expression"):
+            problems.append(f"expandable string {text(literal)[:60]!r} builds text from values")
+    return problems
+
+
+def error_rewrapping(root: Node) -> list[str]:
+    """Constructs that would replace an inner command's error record by a new one."""
+    problems = [
+        f"{n.type} at line {n.start_point[0] + 1}" for n in walk(root) if n.type in ("catch_clause", "trap_statement")
+    ]
+    problems += [text(n)[:60] for n in walk_type(root, "flow_control_statement") if text(n).lower().startswith("throw")]
+    problems += [text(cmd)[:60] for cmd in commands_named(root, "Write-Error")]
+    for call in walk_type(root, "invokation_expression"):
+        member = [ch for ch in call.children if ch.type == "member_name"]
+        if member and text(member[0]).lower() in ("throwterminatingerror", "writeerror"):
+            problems.append(text(call)[:60])
+    return problems
+
+
+def test_the_module_defines_and_exports_exactly_the_wrappers() -> None:
+    """UnblockRunner.psm1 defines the catalogue's runner commands, no helper, and exports them all."""
+    root = module_tree()
+    assert set(functions(root)) == set(WRAPPERS)
+    (export,) = commands_named(root, "Export-ModuleMember")
+    exported = command_arguments(export)["Function"]
+    assert exported is not None
+    assert set(as_list(evaluate(parse(exported).root_node))) == set(WRAPPERS)
+    # Outside the functions only Set-StrictMode and Export-ModuleMember run: importing changes nothing.
+    inside = {(cmd.start_byte, cmd.end_byte) for f in functions(root).values() for cmd in called_commands(f)}
+    outside = [cmd for cmd in called_commands(root) if (cmd.start_byte, cmd.end_byte) not in inside]
+    assert sorted(text(next(ch for ch in cmd.children if ch.type == "command_name")) for cmd in outside) == [
+        "Export-ModuleMember",
+        "Set-StrictMode",
+    ]
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_each_wrapper_takes_exactly_the_catalogue_parameters(wrapper: str) -> None:
+    """param() names are the catalogue's, all mandatory; addresses use the role capability's own pattern."""
+    function = functions(module_tree())[wrapper]
+    (body,) = [ch for ch in function.children if ch.type == "script_block"]
+    (block,) = [ch for ch in body.children if ch.type == "param_block"]
+    assert "cmdletbinding" in attributes(block)
+    parameters = function_parameters(function)
+    assert set(parameters) == set(WRAPPERS[wrapper].parameters)
+    role = visible()[wrapper].parameters
+    for name, parameter in parameters.items():
+        found = attributes(parameter)
+        assert text(found["parameter"]).replace(" ", "").lower() in (
+            "[parameter(mandatory)]",
+            "[parameter(mandatory=$true)]",
+        )
+        if "ValidatePattern" in role[name]:
+            # The same pattern as the endpoint, so a direct call of the module cannot accept more.
+            assert attribute_strings(found["validatepattern"]) == as_list(role[name]["ValidatePattern"]), name
+    types = {name: text(attributes(p)["type"]).lower() for name, p in parameters.items()}
+    expected = {
+        "UserId": "[string]",
+        "Identity": "[string]",
+        "NewPassword": "[securestring]",
+        "ForceChangePasswordNextSignIn": "[bool]",
+    }
+    assert types == {name: expected[name] for name in parameters}
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_each_wrapper_is_documented(wrapper: str) -> None:
+    """Comment-based help with a synopsis, a description, an example and every parameter."""
+    sections = help_sections(functions(module_tree())[wrapper])
+    assert {"SYNOPSIS", "DESCRIPTION", "PARAMETER", "EXAMPLE"} <= {keyword for keyword, _ in sections}
+    assert all(body for _, body in sections), "an empty help section"
+    documented = {body.split(" ", 1)[0] for keyword, body in sections if keyword == "PARAMETER"}
+    assert documented == set(WRAPPERS[wrapper].parameters)
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPERS))
+def test_each_wrapper_runs_only_what_it_replaces_with_fixed_values(wrapper: str) -> None:
+    """One call of the wrapped command, with the catalogue's parameters, fixed values and -ErrorAction Stop."""
+    inner, fixed = INNER_CALLS[wrapper]
+    function = functions(module_tree())[wrapper]
+    calls = called_commands(function)
+    assert [text(next(ch for ch in cmd.children if ch.type == "command_name")) for cmd in calls] == [inner]
+    arguments = command_arguments(calls[0])
+    assert set(arguments) == set(WRAPPED[inner].parameters) | {"ErrorAction"}
+    for name, value in fixed.items():
+        assert arguments[name] == value, f"{inner} -{name}"
+    preference = [
+        n for n in walk_type(function, "assignment_expression") if text(named(n)[0]).lower() == "$erroractionpreference"
+    ]
+    assert [evaluate(unwrap(named(n)[-1])) for n in preference] == ["Stop"]
+
+
+def test_the_password_wrapper_builds_the_profile_and_clears_the_plain_password() -> None:
+    """The SecureString becomes plain text in a variable that the finally block clears, with the profile."""
+    function = functions(module_tree())[c.SET_RUNNER_PASSWORD.name]
+    assignments = [
+        (text(named(n)[0]).lower(), unwrap(named(n)[-1])) for n in walk_type(function, "assignment_expression")
+    ]
+    (plain,) = [variable for variable, value in assignments if "NetworkCredential" in text(value)]
+    (conversion,) = [value for variable, value in assignments if variable == plain and value.type != "variable"]
+    assert text(conversion) == "[System.Net.NetworkCredential]::new('', $NewPassword).Password"
+    (call,) = called_commands(function)
+    profile = command_arguments(call)["PasswordProfile"]
+    assert profile is not None
+    (table,) = [value for variable, value in assignments if variable == profile.lower() and value.type != "variable"]
+    entries = hash_entries(table)
+    assert set(entries) == {"Password", "ForceChangePasswordNextSignIn"}
+    assert text(unwrap(entries["Password"])).lower() == plain
+    assert text(unwrap(entries["ForceChangePasswordNextSignIn"])) == "$ForceChangePasswordNextSignIn"
+    (cleanup,) = walk_type(function, "finally_clause")
+    cleared = {
+        text(named(n)[0]).lower()
+        for n in walk_type(cleanup, "assignment_expression")
+        if text(unwrap(named(n)[-1])) == "$null"
+    }
+    assert {plain, profile.lower()} <= cleared
+    assert f"{profile}.Clear()".lower() in text(cleanup).lower()
+
+
+def test_the_wrappers_never_run_text_and_pass_errors_through_unchanged() -> None:
+    """No Invoke-Expression & co., no expanded strings; no catch/trap/throw that would replace an error record."""
+    root = module_tree()
+    assert script_text_problems(root) == []
+    assert error_rewrapping(root) == []
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        'function f {\n    param([string] $UserId)\n    Invoke-Expression "Update-MgUser -UserId $UserId"\n}\n',
+        "function f {\n    param([string] $Name)\n    & $Name\n}\n",
+        "function f {\n    param([string] $UserId)\n    [scriptblock]::Create($UserId)\n}\n",
+        'function f {\n    param([string] $UserId)\n    Get-MgUser -UserId "$UserId"\n}\n',
+    ],
+)
+def test_the_script_text_check_catches_what_it_looks_for(snippet: str) -> None:
+    """Negative control: each way of turning a value into script text is reported."""
+    root = parse(snippet).root_node
+    assert first_error(root) is None
+    assert script_text_problems(root) != []
+
+
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "try {\n    Update-MgUser -UserId $u\n}\ncatch {\n    throw 'reset failed'\n}\n",
+        "try {\n    Set-Mailbox -Identity $i\n}\ncatch {\n    $PSCmdlet.ThrowTerminatingError($_)\n}\n",
+        "trap {\n    continue\n}\nSet-Mailbox -Identity $i\n",
+        "Write-Error -Message 'forwarding not cleared'\n",
+    ],
+)
+def test_the_error_check_catches_what_it_looks_for(snippet: str) -> None:
+    """Negative control: catching, trapping or writing a new error is reported."""
+    root = parse(snippet).root_node
+    assert first_error(root) is None
+    assert error_rewrapping(root) != []
+
+
+def test_the_session_loads_what_the_wrappers_call() -> None:
+    """Set-Mailbox is loaded by the sign-in (not exposed); Microsoft.Graph.Users is imported (Update-MgUser)."""
+    assert c.SET_MAILBOX.name in c.EXCHANGE_COMMANDS
+    assert c.SET_MAILBOX.name not in visible()
+    assert "Microsoft.Graph.Users" in as_list(role_capability()["ModulesToImport"])
+
+
+# --- (h) the sandbox emulates what is installed ------------------------------------------------------------
 
 
 def test_the_sandbox_exposes_what_the_role_capability_exposes() -> None:
@@ -780,5 +1107,12 @@ def test_the_runner_host_page_names_only_real_settings() -> None:
     """Every UNBLOCK_* variable docs/runner-host.md mentions is a setting of service.config."""
     # A name ending in "_" is a family (UNBLOCK_TENANT_*), not a variable.
     mentioned = set(re.findall(r"\bUNBLOCK_([A-Z0-9_]*[A-Z0-9])\b", DOC.read_text(encoding="utf-8")))
-    assert {"PS_CONFIGURATION_NAME", "PS_CONNECT_IN_SESSION", "PS_SERVER"} <= mentioned
+    assert {"PS_CONFIGURATION_NAME", "PS_CONNECT_IN_SESSION", "PS_RUNNER_FUNCTIONS", "PS_SERVER"} <= mentioned
     assert {name.lower() for name in mentioned} <= set(Settings.model_fields)
+
+
+def test_the_runner_host_page_counts_the_visible_commands() -> None:
+    """The 'Check it' step says how many commands Get-Command lists, with and without AD."""
+    (match,) = re.findall(r"the (\d+) \((\d+) without AD\) commands", DOC.read_text(encoding="utf-8"))
+    assert (int(match[0]), int(match[1])) == (len(RUNNER_NAMES), len(RUNNER_NAMES - AD_NAMES))
+    assert "UNBLOCK_PS_RUNNER_FUNCTIONS=true" in DOC.read_text(encoding="utf-8")

@@ -8,8 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from service.api import live
 from service.api.auth import Principal, requires, scope_doc
 from service.api.deps import RuntimeDep
+from service.api.live import resume_from, wants_stream
 from service.api.operations import open_case
 from service.api.problems import COMMON_PROBLEMS, problem_doc
 from service.api.schemas import (
@@ -17,13 +19,13 @@ from service.api.schemas import (
     CasePublic,
     CasesPage,
     CaseStateName,
-    EventPublic,
     EventsPage,
     RevealedCredential,
 )
 from service.domain import decide as rules
 from service.logging import get_logger
 from service.persistence import cases, credentials
+from service.persistence.records import case_document, event_document
 from service.runtime import Runtime
 from service.security.sealing import Sealed, Sealer
 
@@ -92,9 +94,9 @@ async def create_case(
 )
 async def get_case(
     case_id: CaseId, runtime: RuntimeDep, request: Request, _: Annotated[Principal, requires("cases:read")]
-) -> CasePublic:
+) -> JSONResponse:
     request.state.case_id = case_id
-    return CasePublic.of(await cases.get_case(runtime.db, case_id=case_id))
+    return JSONResponse(case_document(await cases.get_case(runtime.db, case_id=case_id)))
 
 
 @router.get(
@@ -114,7 +116,7 @@ async def list_cases(
     open_: Annotated[bool | None, Query(alias="open", description="true: not yet terminal; false: terminal")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-) -> CasesPage:
+) -> JSONResponse:
     items, next_cursor = await cases.list_cases(
         runtime.db,
         state=state,
@@ -124,15 +126,24 @@ async def list_cases(
         limit=limit,
         cursor=cursor,
     )
-    return CasesPage(items=[CasePublic.of(c) for c in items], next_cursor=next_cursor)
+    return JSONResponse({"items": [case_document(c) for c in items], "next_cursor": next_cursor})
 
 
 @router.get(
     "/{case_id}/events",
-    summary="The case's timeline",
-    description="Every change, oldest first, with its actor. Requires `cases:read`.",
+    summary="The case's timeline (JSON, or live as Server-Sent Events)",
+    description=(
+        "Every change, oldest first, with its actor. Requires `cases:read`.\n\n"
+        "With `Accept: text/event-stream` the response is a live stream: each timeline event as an SSE event "
+        "(`id` = the event id, `event` = its type, `data` = the event as JSON), ending with an `end` event once the "
+        "case is terminal. Reconnect with `Last-Event-ID` to resume."
+    ),
     response_model=EventsPage,
-    responses={**NOT_FOUND, **COMMON_PROBLEMS},
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        **NOT_FOUND,
+        **COMMON_PROBLEMS,
+    },
     openapi_extra=scope_doc("cases:read"),
 )
 async def case_events(
@@ -140,9 +151,13 @@ async def case_events(
     runtime: RuntimeDep,
     _: Annotated[Principal, requires("cases:read")],
     after: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
-) -> EventsPage:
+    accept: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+) -> Any:
     events = await cases.list_events(runtime.db, case_id=case_id, after_id=after)
-    return EventsPage(items=[EventPublic.of(e) for e in events])
+    if wants_stream(accept):
+        return live.stream(runtime, case_id, resume_from(last_event_id, after))
+    return JSONResponse({"items": [event_document(e) for e in events]})
 
 
 _EVENT = {"approve": "case.approved", "cancel": "case.cancelled", "retry": "case.retried"}

@@ -1,0 +1,105 @@
+"""What discovery saw: newly restricted senders reported once (and optionally a case opened), all in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import col, select
+
+from service.domain.plan import RequestedActions
+from service.domain.tenant import Restriction
+from service.persistence import outbox
+from service.persistence.cases import NewCase, insert_case
+from service.persistence.db import Database
+from service.persistence.models import Case, RestrictedSender
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    address: str
+    reported: bool
+    case_id: str | None
+
+
+def _sender(restriction: Restriction) -> dict[str, object]:
+    blocked = restriction.blocked_at.isoformat().replace("+00:00", "Z") if restriction.blocked_at else None
+    changed = restriction.changed_at.isoformat().replace("+00:00", "Z") if restriction.changed_at else None
+    return {
+        "sender_address": restriction.sender_address,
+        "reason": restriction.reason,
+        "blocked_at": blocked,
+        "changed_at": changed,
+        "temporary_block": restriction.temporary_block,
+    }
+
+
+async def record_listing(
+    db: Database,
+    *,
+    listed: list[Restriction],
+    valid: set[str],
+    now: datetime,
+    auto_remediate: bool,
+    require_approval: bool,
+    actor: str = "discovery",
+) -> list[Sighting]:
+    """Note every listed sender; report the new ones (sender.restricted) unless a case already covers them.
+
+    ``valid`` are the addresses the service may act on (plain addresses in its domains); others
+    are still reported, but never get a case opened automatically.
+    """
+    sightings: list[Sighting] = []
+    async with db.write() as session:
+        known = {r.address: r for r in (await session.exec(select(RestrictedSender))).all()}
+        seen: set[str] = set()
+        for restriction in listed:
+            address = restriction.sender_address.lower()
+            seen.add(address)
+            row = known.get(address)
+            new = row is None or row.cleared_at is not None
+            if row is None:
+                row = RestrictedSender(address=address, first_seen_at=now, last_seen_at=now)
+            row.reason = restriction.reason[:2000]
+            row.blocked_at = restriction.blocked_at
+            row.last_seen_at = now
+            row.cleared_at = None
+            if not new:
+                session.add(row)
+                continue
+            open_case = (await session.exec(select(Case.id).where(Case.mailbox == address, col(Case.is_open)))).first()
+            row.first_seen_at = now
+            row.reported_at = None
+            row.case_id = open_case
+            if open_case is None:
+                await outbox.emit(
+                    session,
+                    type="sender.restricted",
+                    at=now,
+                    data={"sender": _sender(restriction)},
+                    case_id=None,
+                    ordering_key=f"sender:{address}",
+                )
+                row.reported_at = now
+                if auto_remediate and address in valid:
+                    case = await insert_case(
+                        session,
+                        new=NewCase(
+                            address,
+                            None,
+                            "discovery",
+                            "opened automatically by discovery",
+                            RequestedActions(),
+                            require_approval,
+                        ),
+                        actor=actor,
+                        now=now,
+                    )
+                    row.case_id = case.id
+            session.add(row)
+            sightings.append(Sighting(address=address, reported=row.reported_at is not None, case_id=row.case_id))
+        for address, row in known.items():
+            if address not in seen and row.cleared_at is None:
+                row.cleared_at = now
+                session.add(row)
+    return sightings

@@ -1,0 +1,285 @@
+"""Webhook subscriptions and their deliveries: claim in order, record outcomes, dead-letter, redeliver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists
+from sqlalchemy.orm import aliased
+from sqlmodel import col, func, select, update
+
+from service.errors import NotFound, WebhookNotFound
+from service.persistence import audit
+from service.persistence.db import Database
+from service.persistence.models import OutboxEvent, WebhookDelivery, WebhookSubscription
+
+DELIVERY_STATUSES = ("pending", "delivered", "dead", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    id: str
+    url: str
+    events: tuple[str, ...]
+    description: str | None
+    created_by: str
+    created_at: datetime
+    secret_key_id: str
+    secret_sealed: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    id: int
+    subscription_id: str
+    event_id: int
+    event_type: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    id: int
+    attempts: int
+    created_at: datetime
+    url: str
+    secret_key_id: str
+    secret_sealed: bytes
+    subscription_id: str
+    event_id: int
+    payload: dict[str, Any]
+
+
+def _subscription(row: WebhookSubscription) -> SubscriptionRecord:
+    return SubscriptionRecord(
+        id=row.id,
+        url=row.url,
+        events=tuple(row.events),
+        description=row.description,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        secret_key_id=row.secret_key_id,
+        secret_sealed=bytes(row.secret_sealed),
+    )
+
+
+async def create_subscription(
+    db: Database,
+    *,
+    subscription_id: str,
+    url: str,
+    events: list[str],
+    description: str | None,
+    secret_key_id: str,
+    secret_sealed: bytes,
+    actor: str,
+    now: datetime,
+) -> SubscriptionRecord:
+    row = WebhookSubscription(
+        id=subscription_id,
+        url=url,
+        events=events,
+        description=description,
+        secret_key_id=secret_key_id,
+        secret_sealed=secret_sealed,
+        created_by=actor,
+        created_at=now,
+    )
+    async with db.write() as session:
+        session.add(row)
+        await session.flush()
+        await audit.append(
+            session, at=now, actor=actor, action="webhook.created", target=row.id, detail={"url": url, "events": events}
+        )
+    return _subscription(row)
+
+
+async def list_subscriptions(db: Database) -> list[SubscriptionRecord]:
+    async with db.read() as session:
+        rows = (
+            await session.exec(
+                select(WebhookSubscription)
+                .where(col(WebhookSubscription.deleted_at).is_(None))
+                .order_by(col(WebhookSubscription.created_at))
+            )
+        ).all()
+    return [_subscription(r) for r in rows]
+
+
+async def get_subscription(db: Database, *, subscription_id: str) -> SubscriptionRecord:
+    async with db.read() as session:
+        row = await session.get(WebhookSubscription, subscription_id)
+    if row is None or row.deleted_at is not None:
+        raise WebhookNotFound(f"no webhook subscription has id {subscription_id}")
+    return _subscription(row)
+
+
+async def delete_subscription(db: Database, *, subscription_id: str, actor: str, now: datetime) -> None:
+    async with db.write() as session:
+        row = await session.get(WebhookSubscription, subscription_id)
+        if row is None or row.deleted_at is not None:
+            raise WebhookNotFound(f"no webhook subscription has id {subscription_id}")
+        row.deleted_at = now
+        session.add(row)
+        await session.exec(
+            update(WebhookDelivery)
+            .where(col(WebhookDelivery.subscription_id) == subscription_id, col(WebhookDelivery.status) == "pending")
+            .values(status="cancelled")
+        )
+        await audit.append(
+            session, at=now, actor=actor, action="webhook.deleted", target=subscription_id, detail={"url": row.url}
+        )
+
+
+async def list_deliveries(
+    db: Database, *, subscription_id: str, status: str | None = None, limit: int = 100
+) -> list[DeliveryRecord]:
+    await get_subscription(db, subscription_id=subscription_id)
+    query = (
+        select(WebhookDelivery, OutboxEvent.type)
+        .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+        .where(col(WebhookDelivery.subscription_id) == subscription_id)
+    )
+    if status is not None:
+        query = query.where(col(WebhookDelivery.status) == status)
+    query = query.order_by(col(WebhookDelivery.id).desc()).limit(limit)
+    async with db.read() as session:
+        rows = (await session.exec(query)).all()
+    return [
+        DeliveryRecord(
+            id=int(d.id or 0),
+            subscription_id=d.subscription_id,
+            event_id=d.event_id,
+            event_type=event_type,
+            status=d.status,
+            attempts=d.attempts,
+            next_attempt_at=d.next_attempt_at,
+            last_status_code=d.last_status_code,
+            last_error=d.last_error,
+            created_at=d.created_at,
+            delivered_at=d.delivered_at,
+        )
+        for d, event_type in rows
+    ]
+
+
+async def redeliver(db: Database, *, subscription_id: str, delivery_id: int, actor: str, now: datetime) -> None:
+    async with db.write() as session:
+        row = await session.get(WebhookDelivery, delivery_id)
+        if row is None or row.subscription_id != subscription_id:
+            raise NotFound(f"subscription {subscription_id} has no delivery {delivery_id}")
+        row.status, row.attempts, row.next_attempt_at = "pending", 0, now
+        row.created_at = now  # a fresh retry window
+        row.lease_owner = row.lease_expires_at = None
+        session.add(row)
+        await audit.append(
+            session,
+            at=now,
+            actor=actor,
+            action="webhook.redelivered",
+            target=subscription_id,
+            detail={"delivery_id": delivery_id},
+        )
+
+
+async def claim_due(db: Database, *, worker_id: str, now: datetime, lease: float, limit: int) -> list[DueDelivery]:
+    """Due deliveries whose earlier events (same subscription, same case) are already out."""
+    earlier = aliased(WebhookDelivery)
+    blocked = exists().where(
+        and_(
+            col(earlier.subscription_id) == col(WebhookDelivery.subscription_id),
+            col(earlier.ordering_key) == col(WebhookDelivery.ordering_key),
+            col(earlier.id) < col(WebhookDelivery.id),
+            col(earlier.status) == "pending",
+        )
+    )
+    free = (col(WebhookDelivery.lease_expires_at).is_(None)) | (col(WebhookDelivery.lease_expires_at) < now)
+    due = (
+        select(WebhookDelivery.id)
+        .where(col(WebhookDelivery.status) == "pending", col(WebhookDelivery.next_attempt_at) <= now, free, ~blocked)
+        .order_by(col(WebhookDelivery.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    async with db.write() as session:
+        ids = [int(i) for i in (await session.exec(due)).all() if i is not None]
+        if not ids:
+            return []
+        await session.exec(
+            update(WebhookDelivery)
+            .where(col(WebhookDelivery.id).in_(ids))
+            .values(lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease))
+        )
+        rows = (
+            await session.exec(
+                select(WebhookDelivery, WebhookSubscription, OutboxEvent)
+                .join(WebhookSubscription, col(WebhookSubscription.id) == col(WebhookDelivery.subscription_id))
+                .join(OutboxEvent, col(OutboxEvent.id) == col(WebhookDelivery.event_id))
+                .where(col(WebhookDelivery.id).in_(ids))
+                .order_by(col(WebhookDelivery.id))
+            )
+        ).all()
+    return [
+        DueDelivery(
+            id=int(d.id or 0),
+            attempts=d.attempts,
+            created_at=d.created_at,
+            url=s.url,
+            secret_key_id=s.secret_key_id,
+            secret_sealed=bytes(s.secret_sealed),
+            subscription_id=s.id,
+            event_id=int(e.id or 0),
+            payload=dict(e.payload),
+        )
+        for d, s, e in rows
+    ]
+
+
+async def record_outcome(
+    db: Database,
+    *,
+    delivery_id: int,
+    worker_id: str,
+    now: datetime,
+    delivered: bool,
+    status_code: int | None,
+    error: str | None,
+    next_attempt_at: datetime | None,
+) -> None:
+    """Delivered, or scheduled again, or (``next_attempt_at`` None) dead-lettered."""
+    values: dict[str, Any] = {
+        "attempts": WebhookDelivery.attempts + 1,
+        "last_status_code": status_code,
+        "last_error": (error or None) and error[:500],
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if delivered:
+        values.update(status="delivered", delivered_at=now, last_error=None)
+    elif next_attempt_at is None:
+        values.update(status="dead")
+    else:
+        values.update(next_attempt_at=next_attempt_at)
+    async with db.write() as session:
+        await session.exec(
+            update(WebhookDelivery)
+            .where(col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.lease_owner) == worker_id)
+            .values(**values)
+        )
+
+
+async def next_due_at(db: Database) -> datetime | None:
+    async with db.read() as session:
+        return (
+            await session.exec(
+                select(func.min(WebhookDelivery.next_attempt_at)).where(col(WebhookDelivery.status) == "pending")
+            )
+        ).first()

@@ -1,0 +1,31 @@
+"""Rate limiting per API key (the limits library): a moving window, 429 with Retry-After.
+
+The default storage is this process's memory, so each API process enforces the limit on its
+own; give ``UNBLOCK_RATE_LIMIT_STORAGE`` a shared store (``redis://...``) for one limit across
+processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse, storage, strategies
+
+
+class RateLimiter:
+    def __init__(self, spec: str, storage_uri: str = "memory://") -> None:
+        self.item: RateLimitItem = parse(spec)
+        self._strategy = strategies.MovingWindowRateLimiter(storage.storage_from_string(storage_uri))
+
+    def hit(self, key: str) -> float | None:
+        """None when allowed; otherwise the seconds until the next request would be."""
+        if self._strategy.hit(self.item, key):
+            return None
+        reset = self._strategy.get_window_stats(self.item, key).reset_time
+        return float(max(1, math.ceil(reset - time.time())))
+
+
+def valid_spec(spec: str) -> str:
+    parse(spec)
+    return spec
