@@ -53,6 +53,7 @@ def stack_settings(database_url: str, sandbox: SandboxServer, **overrides: Any) 
         "retry_attempts": 4,
         "worker_lease": 10,
         "worker_poll_interval": 1,
+        "discovery_interval": 0,  # tests that want discovery turn it on
     }
     values.update(overrides)
     return Settings(**values)
