@@ -268,6 +268,29 @@ def keys_secret() -> None:
     typer.echo(generate_secret_key())
 
 
+@app.command()
+def openapi(
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Write the OpenAPI description of the HTTP API (JSON)."""
+    import json
+    from pathlib import Path
+
+    from service.api.app import create_app
+    from service.config import Settings
+    from service.persistence.db import Database
+    from service.runtime import Runtime
+
+    settings = Settings()
+    spec = create_app(Runtime(settings=settings, db=Database(settings.database_url))).openapi()
+    text = json.dumps(spec, indent=2)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        typer.echo(f"wrote {output} ({len(spec['paths'])} paths)")
+    else:
+        typer.echo(text)
+
+
 # --- audit ------------------------------------------------------------------------------
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from service import __version__
-from service.api import errors
+from service.api import errors, ui
 from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, SecurityHeadersMiddleware
+from service.api.problems import Problem
 from service.api.routes import cases, health, senders, webhooks
 from service.api.routes import metrics as metrics_route
 from service.runtime import Runtime
@@ -45,6 +49,25 @@ TAGS = [
 ]
 
 
+def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """Error responses are application/problem+json (RFC 9457), whatever FastAPI assumed."""
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for code, response in operation.get("responses", {}).items():
+                if code.isdigit() and int(code) >= 400:
+                    content = response.get("content", {})
+                    found = (content.get("application/json") or {}).get("schema")
+                    if found == {"$ref": "#/components/schemas/HTTPValidationError"}:
+                        found = problem
+                    response["content"] = {"application/problem+json": {"schema": found or problem}}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault("Problem", Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
+
+
 def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +86,14 @@ def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> Fa
         redoc_url=None,
     )
     app.state.runtime = runtime
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _problem_media_types(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     settings = runtime.settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit, settings.rate_limit_storage)
     if settings.oidc_jwks_url:
@@ -77,6 +108,8 @@ def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> Fa
     app.include_router(webhooks.router)
     app.include_router(senders.router)
     app.include_router(metrics_route.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=str(Path(ui.__file__).parent / "static")), name="ui-static")
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)

@@ -196,6 +196,23 @@ class CasesPage(BaseModel):
 
 
 class EventPublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 42,
+                    "at": "2026-11-26T09:00:02.310000Z",
+                    "actor": "worker",
+                    "type": "state.changed",
+                    "from_state": "unblocking",
+                    "to_state": "verifying",
+                    "step": None,
+                    "detail": {"action": "verify", "summary": "unblocked"},
+                }
+            ]
+        }
+    )
+
     id: int
     at: datetime
     actor: str = Field(description="the API key's name, `worker`, or `discovery`")
@@ -216,6 +233,10 @@ class EventsPage(BaseModel):
 
 class RevealedCredential(BaseModel):
     """Shown once. Hand it to the user in person or by phone; never by e-mail."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"password": "Gx7!mQ2#pL9zR4wT8vYk", "expires_at": "2026-11-27T09:00:01Z"}]}
+    )
 
     password: str
     expires_at: datetime

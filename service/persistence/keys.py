@@ -81,6 +81,12 @@ async def list_keys(db: Database) -> list[KeyRecord]:
         return [_record(r) for r in rows]
 
 
+async def get_key(db: Database, *, key_id: str) -> KeyRecord | None:
+    async with db.read() as session:
+        row = await session.get(ApiKey, key_id)
+        return _record(row) if row else None
+
+
 async def find_by_prefix(db: Database, *, prefix: str) -> KeyRecord | None:
     async with db.read() as session:
         row = (await session.exec(select(ApiKey).where(ApiKey.prefix == prefix))).first()

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.auth import Principal, requires, scope_doc
 from service.api.deps import RuntimeDep
@@ -29,6 +29,26 @@ class SenderPublic(BaseModel):
 
 
 class SendersPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "sender_address": "rob@contoso.com",
+                            "reason": "EmailSendingLimitExceeded;InternalRecipientCountToday=12;"
+                            "ExternalRecipientCountToday=480;ExceedingLimitType=External",
+                            "blocked_at": "2026-11-26T08:02:11Z",
+                            "changed_at": "2026-11-26T08:02:11Z",
+                            "temporary_block": False,
+                        }
+                    ],
+                    "fetched_at": "2026-11-26T09:00:00Z",
+                }
+            ]
+        }
+    )
+
     items: list[SenderPublic]
     fetched_at: datetime = Field(description="when the list was read from the tenant (cached up to 10 s)")
 

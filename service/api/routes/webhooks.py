@@ -67,7 +67,19 @@ class WebhookCreate(BaseModel):
         return list(dict.fromkeys(value))
 
 
+_WEBHOOK_EXAMPLE: dict[str, Any] = {
+    "id": "01jd8v9q2m3n4p5q6r7s8t9v0w",
+    "url": "https://contoso.service-now.com/api/x_unblock/events",
+    "events": ["case.resolved", "case.failed", "case.escalated"],
+    "description": "ServiceNow incident updates",
+    "created_by": "admin",
+    "created_at": "2026-11-26T08:00:00Z",
+}
+
+
 class WebhookPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_WEBHOOK_EXAMPLE]})
+
     id: str
     url: str
     events: list[str]
@@ -88,6 +100,10 @@ class WebhookPublic(BaseModel):
 
 
 class WebhookCreated(WebhookPublic):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**_WEBHOOK_EXAMPLE, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}
+    )
+
     secret: str = Field(description="the Standard Webhooks signing secret (`whsec_...`); shown only now")
 
 
@@ -96,6 +112,25 @@ class WebhooksPage(BaseModel):
 
 
 class DeliveryPublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 7,
+                    "event_id": 42,
+                    "event_type": "case.resolved",
+                    "status": "dead",
+                    "attempts": 23,
+                    "next_attempt_at": "2026-11-27T09:00:00Z",
+                    "last_status_code": 503,
+                    "last_error": "HTTP 503",
+                    "created_at": "2026-11-26T09:00:00Z",
+                    "delivered_at": None,
+                }
+            ]
+        }
+    )
+
     id: int
     event_id: int
     event_type: str
