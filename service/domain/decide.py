@@ -29,6 +29,7 @@ from service.domain.states import (
 )
 from service.domain.tenant import Restriction
 from service.domain.transitions import Action, apply
+from service.errors import InvalidTransition
 
 #: Codes after which a person must act; retrying on our own would not help.
 ESCALATING_CODES: frozenset[str] = frozenset(
@@ -379,10 +380,12 @@ _RETRY_ACTION: dict[CaseState, Action] = {
 
 def retry(case: CaseView, now: datetime) -> Decision:
     """Resume a failed or escalated case at the step that stopped it; later steps start afresh."""
+    retryable = {CaseState.failed, CaseState.escalated}
+    if case.state not in retryable:
+        raise InvalidTransition("retry", case.state.value, [s.value for s in retryable])
     failed = next((s for s in case.steps if s.status is StepStatus.failed), None)
-    resume = resume_step_after(failed.name) if failed else next_step(replace(case, state=CaseState.received))
-    if resume is None:
-        resume = StepName.check_restriction
+    stopped_at = failed.name if failed else next_step(replace(case, state=CaseState.received))
+    resume = resume_step_after(stopped_at or StepName.check_restriction)
     action = _RETRY_ACTION[STEP_STATE[resume]]
     names = [s.name for s in case.steps]
     again = tuple(StepChange(n, StepStatus.pending, None, reset_counters=True) for n in names[names.index(resume) :])

@@ -354,3 +354,12 @@ def test_random_runs_only_take_declared_transitions(
         restored = decision.sending_restored_by or c.sending_restored_by
         c = d.CaseView(decision.state, tuple(steps_now[s.name] for s in c.steps), c.require_approval, restored)
         assert c.state in OPEN_STATES | TERMINAL_STATES
+
+
+@pytest.mark.parametrize("state", sorted(OPEN_STATES | {CaseState.resolved, CaseState.cancelled}))
+def test_retry_outside_failed_or_escalated_is_an_invalid_transition(state: CaseState) -> None:
+    """Found by the property test: retry on a live case must be a 409, never an internal error."""
+    c = d.CaseView(state, case().steps)
+    with pytest.raises(InvalidTransition) as caught:
+        d.retry(c, NOW)
+    assert set(caught.value.allowed) == {"failed", "escalated"}
