@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     retry_initial: Duration = 2.0
     retry_max: Duration = 300.0
     retry_attempts: int = Field(default=6, ge=1, le=100)
+    retry_outage_attempts: int = Field(default=288, ge=1, le=100_000)
+    ps_breaker_threshold: int = Field(default=5, ge=1, le=1000)
+    ps_breaker_interval: Duration = 10.0
 
     worker_lease: Duration = 60.0
     worker_poll_interval: Duration | None = Field(

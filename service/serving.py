@@ -148,6 +148,10 @@ def serve_forever(
             effective.require_secret_key()
             if not effective.ps_server:
                 effective.require_endpoint()
+        else:
+            # An API-only process needs the tenant rarely (readiness, the restricted list, domains):
+            # no warm pool, runspaces opened on demand.
+            effective = effective.model_copy(update={"ps_open_lazily": True})
         runtime = build_runtime(effective)
         app = create_app(runtime, background=[*services(runtime, worker=worker), *(extra or [])])
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=20)

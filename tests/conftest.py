@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import make_url
 
 from service.persistence.db import sync_url
@@ -47,7 +48,8 @@ def _pg_database() -> Iterator[str | None]:
         return
     server = make_url(sync_url(base))
     name = f"unblock_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    # No pooled connection: a test may restart PostgreSQL under us.
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -72,7 +74,7 @@ _TABLES_KEPT = {"alembic_version"}
 
 
 def _truncate_all(url: str) -> None:
-    engine = create_engine(url)
+    engine = create_engine(url, poolclass=NullPool)
     with engine.begin() as connection:
         tables = [
             row[0]

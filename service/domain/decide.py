@@ -123,6 +123,7 @@ class StepChange:
     status: StepStatus
     error: dict[str, Any] | None = None
     reset_counters: bool = False
+    failures: int | None = None  # the new count of attempt-using failures, when it changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,21 +331,24 @@ def _after_recheck(case: CaseView, result: Succeeded, now: datetime, *, timing: 
 def _on_failure(
     case: CaseView, step: StepName, failed: Failed, now: datetime, *, policy: RetryPolicy, spread: float
 ) -> Decision:
-    failures = case.step(step).failures + 1
+    view = case.step(step)
+    outage = policy.is_outage(failed.code)  # nothing was done: it does not use up an attempt
+    failures = view.failures if outage else view.failures + 1
     escalates = failed.code in ESCALATING_CODES
-    if failed.retryable and policy.retries_left(failures, failed.code):
+    if failed.retryable and policy.retries_left(failures, failed.code, attempts=view.attempts):
         error = failed.as_error()
         pending = StepStatus.running if step is StepName.propagation else StepStatus.pending
+        backoff_for = max(view.attempts, 1) if outage else failures
         return _stay(
             case,
-            (StepChange(step, pending, error),),
-            next_attempt_at(policy, failures, now, retry_after=failed.retry_after, spread=spread),
+            (StepChange(step, pending, error, failures=failures),),
+            next_attempt_at(policy, backoff_for, now, retry_after=failed.retry_after, spread=spread),
             f"{step.value} failed ({failed.code}); retrying",
             last_error=error,
         )
-    message = failed.message
+    message = failed.message.rstrip(". ")
     if failed.retryable:
-        message = f"{failed.message} (gave up after {failures} attempts)"
+        message = f"{message} (gave up after {view.attempts if outage else failures} attempts)"
     guidance = GUIDANCE.get(failed.code)
     if guidance:
         message = f"{message}. {guidance}"
@@ -353,7 +357,7 @@ def _on_failure(
     return _move(
         case,
         action,
-        (StepChange(step, StepStatus.failed, error),),
+        (StepChange(step, StepStatus.failed, error, failures=failures),),
         None,
         f"{step.value} failed ({failed.code})",
         outcome=outcome,

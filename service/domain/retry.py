@@ -13,7 +13,10 @@ class RetryPolicy:
     Attempt ``n`` (1-based) that failed is followed by a wait of
     ``initial_interval * coefficient ** (n - 1)``, capped at ``maximum_interval``, spread by
     up to ``jitter`` of itself so that many cases failing together do not retry together.
-    After ``maximum_attempts`` failed attempts the step fails for good.
+    After ``maximum_attempts`` failed attempts the step fails for good. Failures that only say
+    the endpoint could not be reached (``outage_codes``: nothing was done, and waiting costs
+    nothing) get the larger budget ``maximum_outage_attempts``, so that a runner host down for an
+    hour delays cases instead of failing them.
     """
 
     initial_interval: float = 2.0
@@ -22,6 +25,8 @@ class RetryPolicy:
     maximum_attempts: int = 6
     jitter: float = 0.2
     non_retryable_codes: frozenset[str] = field(default_factory=frozenset)
+    maximum_outage_attempts: int = 288
+    outage_codes: frozenset[str] = frozenset({"endpoint_unavailable"})
 
     def __post_init__(self) -> None:
         if self.initial_interval <= 0:
@@ -35,8 +40,16 @@ class RetryPolicy:
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
 
-    def retries_left(self, attempts: int, code: str) -> bool:
-        return code not in self.non_retryable_codes and attempts < self.maximum_attempts
+    def is_outage(self, code: str) -> bool:
+        return code in self.outage_codes
+
+    def retries_left(self, failures: int, code: str, *, attempts: int = 0) -> bool:
+        """``failures``: consecutive failures that used up an attempt; ``attempts``: every start of the step."""
+        if code in self.non_retryable_codes:
+            return False
+        if self.is_outage(code):
+            return attempts < self.maximum_outage_attempts
+        return failures < self.maximum_attempts
 
 
 def backoff_seconds(policy: RetryPolicy, attempt: int, *, spread: float = 0.5) -> float:

@@ -408,7 +408,8 @@ async def claim_due(db: Database, *, worker_id: str, now: datetime, lease: float
             col(Case.next_action_at) <= now,
             (col(Case.lease_expires_at).is_(None)) | (col(Case.lease_expires_at) < now),
         )
-        .order_by(col(Case.next_action_at))
+        # Work a dead worker left half-done first (its lease ran out), then the rest by due time.
+        .order_by(col(Case.lease_expires_at).is_(None), col(Case.next_action_at))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -594,10 +595,9 @@ async def record_decision(
             return None
         changes: dict[str, dict[str, Any]] = {}
         for change in decision.steps:
-            step_failures = case.step(change.name.value).failures
             values_for_step = _step_values(change.status, change.error, now, change.reset_counters)
-            if change.error is not None and change.status in (StepStatus.pending, StepStatus.running):
-                values_for_step["failures"] = step_failures + 1
+            if change.failures is not None:
+                values_for_step["failures"] = change.failures
             changes[change.name.value] = values_for_step
         await _set_steps(session, case_id=case.id, changes=changes)
         for change in decision.steps:

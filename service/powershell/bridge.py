@@ -19,6 +19,7 @@ from service.domain.tenant import InboxRule, Restriction, UserInfo
 from service.errors import BridgeError, MailboxNotFound
 from service.logging import get_logger, secret_in_flight
 from service.powershell import commands as c
+from service.powershell.circuit import CircuitBreaker
 from service.powershell.classify import Classified, classify
 from service.powershell.pool import PoolStats, WarmPool
 from service.powershell.runspace import EndpointOptions, RawResult, Secret, properties
@@ -87,6 +88,7 @@ class PowerShellBridge:
             call_timeout=settings.ps_call_timeout,
             recycle_after=settings.ps_recycle_after,
             lazy=settings.ps_open_lazily,
+            breaker=CircuitBreaker(threshold=settings.ps_breaker_threshold, interval=settings.ps_breaker_interval),
         )
         self.backend = settings.password_backend.value
 
@@ -103,6 +105,10 @@ class PowerShellBridge:
 
     def stats(self) -> PoolStats:
         return self.pool.stats()
+
+    @property
+    def circuit_state(self) -> str:
+        return self.pool.breaker.state.value
 
     # --- the remote call --------------------------------------------------------------------------
 

@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import CallTimeout, EndpointUnavailable
+from service.errors import CallTimeout, EndpointUnavailable, Throttled, TransientError
 from service.logging import get_logger
+from service.powershell.circuit import BreakerState, CircuitBreaker
 from service.powershell.commands import Invocation
 from service.powershell.runspace import EndpointOptions, RawResult, Runspace, RunspaceFailure, ping
 
@@ -55,6 +56,7 @@ class WarmPool:
         lazy: bool = False,
         open_timeout: float = 60.0,
         factory: RunspaceFactory = _default_factory,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.options = options
         self.size = size
@@ -63,6 +65,7 @@ class WarmPool:
         self.lazy = lazy
         self.open_timeout = open_timeout
         self._factory = factory
+        self.breaker = breaker or CircuitBreaker(threshold=5, interval=10.0)
         self._executor = ThreadPoolExecutor(max_workers=size * 2 + 2, thread_name_prefix="psrp")
         self._idle: deque[Runspace] = deque()
         self._total = 0  # open or being opened, by callers or the warmer
@@ -124,11 +127,13 @@ class WarmPool:
         self._serial += 1
         return f"rs{self._serial}"
 
-    async def _open(self) -> Runspace:
+    async def _open(self, *, gated: bool = True) -> Runspace:
         runspace = self._factory(self.options, self._name())
         deadline = time.monotonic() + self.open_timeout
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        if gated:
+            self.breaker.before_call()
         self._opening += 1
         job = loop.run_in_executor(self._executor, runspace.open, deadline)
         try:
@@ -137,12 +142,18 @@ class WarmPool:
             # Whoever waited is gone; if the open still succeeds, close it rather than leak a shell.
             self._orphans.append((job, runspace))
             if isinstance(stopped, asyncio.CancelledError):
+                self.breaker.released()
                 raise
+            self.breaker.failed()
             raise EndpointUnavailable("opening a runspace on the PowerShell endpoint timed out") from None
         except RunspaceFailure as failure:
+            self._judge(failure.error)
+            if isinstance(failure.error, CallTimeout):  # a connect that hung: the endpoint, not a command
+                raise EndpointUnavailable(f"opening a runspace timed out ({failure.error.message})") from None
             raise failure.error from None
         finally:
             self._opening -= 1
+        self.breaker.succeeded()
         log.info(
             "runspace_opened", runspace=runspace.name, duration_ms=round((time.perf_counter() - started) * 1000, 1)
         )
@@ -164,10 +175,21 @@ class WarmPool:
                 waiting.append((job, runspace))
         self._orphans = waiting
 
+    def _judge(self, error: BaseException) -> None:
+        """Tell the breaker whether a failure says the endpoint itself is unwell."""
+        if isinstance(error, TransientError) and not isinstance(error, Throttled):
+            self.breaker.failed()
+        else:
+            self.breaker.released()
+
     async def _warm(self) -> None:
         """Open runspaces until the pool is full; on failure back off and try again."""
         backoff = 1.0
         while not self._closed:
+            wait = self.breaker.retry_in()
+            if wait > 0:  # the breaker is open: the warmer's next open is its probe
+                await asyncio.sleep(wait)
+                continue
             async with self.cond:
                 missing = self.size - self._total
                 if missing <= 0:
@@ -213,19 +235,45 @@ class WarmPool:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise CallTimeout("no runspace became free within the call timeout")
+                    # Nothing was sent: like an outage, this does not use up a case's attempts.
+                    raise EndpointUnavailable("no runspace became free in time (a slow endpoint, or a small pool)")
                 try:
                     await asyncio.wait_for(self.cond.wait(), remaining)
                 except TimeoutError:
                     continue
+        # The call that needs it has passed the breaker. The opening runs on its own: if the caller
+        # stops waiting, a runspace that opens later joins the pool instead of being thrown away.
+        opening = asyncio.ensure_future(self._open(gated=False))
         try:
-            return await self._open()
+            return await asyncio.wait_for(asyncio.shield(opening), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            opening.add_done_callback(self._adopt)
+            raise EndpointUnavailable("a runspace was still opening when the call's time ran out") from None
         except BaseException:
+            if not opening.done():
+                opening.add_done_callback(self._adopt)
+                raise
             async with self.cond:
                 self._total -= 1
                 self._in_use -= 1
                 self.cond.notify()
             raise
+
+    def _adopt(self, opening: asyncio.Future[Runspace]) -> None:
+        """A runspace opened for a caller who left: keep it if it works, give back its slot if not."""
+
+        async def settle() -> None:
+            async with self.cond:
+                self._in_use -= 1
+                if opening.cancelled() or opening.exception() is not None or self._closed:
+                    self._total -= 1
+                    if not opening.cancelled() and opening.exception() is None:
+                        self._close_later(opening.result())
+                else:
+                    self._idle.append(opening.result())
+                self.cond.notify()
+
+        self._spawn(settle())
 
     async def _give_back(self, runspace: Runspace, *, broken: bool, reason: str = "") -> None:
         retire = broken or runspace.calls >= self.recycle_after or self._closed
@@ -259,20 +307,29 @@ class WarmPool:
         """Run one pipeline on a borrowed runspace; raises a classified BridgeError on failure."""
         limit = limit or self.call_timeout
         deadline = time.monotonic() + limit
-        runspace = await self._acquire(deadline)
+        self.breaker.before_call()
+        try:
+            runspace = await self._acquire(deadline)
+        except BaseException:
+            self.breaker.released()  # an open that failed has told the breaker already
+            raise
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(self._executor, runspace.invoke, invocations, deadline)
         try:
             result = await asyncio.wait_for(asyncio.shield(job), max(0.0, deadline - time.monotonic()) + 1.0)
         except TimeoutError:
             self._abandon(runspace, job)
+            self.breaker.failed()
             raise CallTimeout(f"{invocations[-1].name} did not finish within {limit:.0f}s") from None
         except RunspaceFailure as failure:
+            self._judge(failure.error)
             await self._give_back(runspace, broken=failure.broken, reason=failure.error.code)
             raise failure.error from None
         except asyncio.CancelledError:
+            self.breaker.released()
             self._abandon(runspace, job)
             raise
+        self.breaker.succeeded()
         self.last_success = time.monotonic()
         self._spawn(self._finish(runspace))
         return result
@@ -314,6 +371,10 @@ class WarmPool:
         there is one, otherwise a fresh connection that asks for the service configuration.
         """
         loop = asyncio.get_running_loop()
+        if self.breaker.retry_in() > 0:
+            raise EndpointUnavailable(
+                f"circuit open after repeated failures (next probe in {self.breaker.retry_in():.0f}s)"
+            )
         async with self.cond:
             runspace = self._idle.popleft() if self._idle else None
             if runspace is not None:
@@ -328,3 +389,5 @@ class WarmPool:
         reachable = await loop.run_in_executor(self._executor, ping, self.options, seconds)
         if not reachable:
             raise EndpointUnavailable("the PowerShell endpoint does not answer")
+        if self.breaker.state is not BreakerState.closed:
+            self.breaker.succeeded()  # the endpoint answers again: let calls through

@@ -41,6 +41,7 @@ class Engine:
             initial_interval=settings.retry_initial,
             maximum_interval=max(settings.retry_max, settings.retry_initial),
             maximum_attempts=settings.retry_attempts,
+            maximum_outage_attempts=max(settings.retry_outage_attempts, settings.retry_attempts),
         )
         self.timing = rules.Timing(
             propagation_wait=settings.propagation_wait, recheck_interval=settings.recheck_interval

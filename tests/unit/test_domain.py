@@ -108,6 +108,8 @@ def test_retry_policy_backs_off_exponentially_with_bounded_jitter() -> None:
     assert next_attempt_at(policy, 1, NOW, retry_after=30) == NOW + timedelta(seconds=30)
     assert policy.retries_left(4, "throttled")
     assert not policy.retries_left(5, "throttled")
+    assert policy.retries_left(5, "endpoint_unavailable", attempts=5)  # an outage uses its own budget
+    assert not policy.retries_left(0, "endpoint_unavailable", attempts=288)
     with pytest.raises(ValueError, match="coefficient"):
         RetryPolicy(coefficient=0.5)
 
@@ -197,11 +199,11 @@ def test_approval_holds_the_case() -> None:
 def test_transient_failures_retry_then_fail() -> None:
     """Retryable errors back off until the attempts are spent; then failed with the last error."""
     c = case(CaseState.unblocking)
-    flaky = d.Failed("endpoint_unavailable", "503", retryable=True)
+    flaky = d.Failed("call_timeout", "hung", retryable=True)
     first = d.decide(c, StepName.unblock, flaky, NOW, policy=POLICY, timing=TIMING)
     assert first.state is CaseState.unblocking
     assert first.next_action_at == NOW + timedelta(seconds=2)
-    assert first.last_error == {"code": "endpoint_unavailable", "message": "503", "retryable": True}
+    assert first.last_error == {"code": "call_timeout", "message": "hung", "retryable": True}
     spent = c.with_step(d.StepView(StepName.unblock, StepStatus.running, attempts=3, failures=2))
     last = d.decide(spent, StepName.unblock, flaky, NOW, policy=POLICY, timing=TIMING)
     assert (last.state, last.outcome) == (CaseState.failed, Outcome.failed)
@@ -347,8 +349,8 @@ def test_random_runs_only_take_declared_transitions(
         for change in decision.steps:
             old = steps_now[change.name]
             failures = 0 if change.reset_counters or change.status is StepStatus.succeeded else old.failures
-            if change.error and change.status in (StepStatus.pending, StepStatus.running):
-                failures += 1
+            if change.failures is not None:
+                failures = change.failures
             attempts = 0 if change.reset_counters else old.attempts
             steps_now[change.name] = d.StepView(change.name, change.status, attempts, failures)
         restored = decision.sending_restored_by or c.sending_restored_by
@@ -363,3 +365,17 @@ def test_retry_outside_failed_or_escalated_is_an_invalid_transition(state: CaseS
     with pytest.raises(InvalidTransition) as caught:
         d.retry(c, NOW)
     assert set(caught.value.allowed) == {"failed", "escalated"}
+
+
+def test_outages_do_not_use_up_attempts() -> None:
+    """Endpoint-unavailable failures keep the attempt budget for real failures (found by the hang test)."""
+    c = case(CaseState.securing_account)
+    outage = d.Failed("endpoint_unavailable", "circuit open", retryable=True)
+    timeout = d.Failed("call_timeout", "hung", retryable=True)
+    long_outage = c.with_step(d.StepView(StepName.reset_password, StepStatus.running, attempts=50, failures=2))
+    decision = d.decide(long_outage, StepName.reset_password, outage, NOW, policy=POLICY, timing=TIMING)
+    assert decision.state is CaseState.securing_account
+    assert decision.steps[0].failures == 2
+    after = c.with_step(d.StepView(StepName.reset_password, StepStatus.running, attempts=51, failures=2))
+    third = d.decide(after, StepName.reset_password, timeout, NOW, policy=POLICY, timing=TIMING)
+    assert third.state is CaseState.failed  # the third real failure (POLICY allows three)

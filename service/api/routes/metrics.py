@@ -37,4 +37,7 @@ async def prometheus(runtime: RuntimeDep) -> Response:
         metrics.POOL_RUNSPACES.labels(state="in_use").set(pool.in_use)
         metrics.POOL_RUNSPACES.labels(state="idle").set(pool.idle)
         metrics.POOL_RUNSPACES.labels(state="opening").set(pool.opening)
+    circuit = getattr(gateway, "circuit_state", None)
+    if isinstance(circuit, str):
+        metrics.CIRCUIT_STATE.set(0 if circuit == "closed" else 1)
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -208,7 +208,8 @@ async def create_webhook(
         actor=principal.actor,
         now=runtime.clock(),
     )
-    log.info("webhook_created", webhook_id=record.id, url=record.url)
+    parts = urlsplit(record.url)
+    log.info("webhook_created", webhook_id=record.id, receiver=f"{parts.scheme}://{parts.hostname}")
     return WebhookCreated(**WebhookPublic.of(record).model_dump(), secret=secret)
 
 
