@@ -336,6 +336,58 @@ def audit_list(limit: Annotated[int, typer.Option(min=1, max=10_000, help="How m
         )
 
 
+# --- retention ----------------------------------------------------------------------------
+
+_MIN_RETENTION = 86_400.0
+
+
+@app.command()
+def purge(
+    older_than: Annotated[
+        str, typer.Option("--older-than", metavar="DURATION", help="Delete what closed before this long ago (400d).")
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+) -> None:
+    """Delete closed cases (with their steps, timeline and events) older than the retention period.
+
+    Open cases are never deleted, nor the audit log; each batch is one transaction and is itself
+    recorded in the audit log. Run it daily (cron, a Kubernetes CronJob) on one machine.
+    """
+    from datetime import UTC, datetime
+
+    from service.persistence import retention
+    from service.persistence.db import Database
+    from service.persistence.migrate import current_revision, head_revision
+
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as error:
+        fail(f"--older-than: {error}")
+    if seconds < _MIN_RETENTION:
+        fail("--older-than must be at least 1d (a shorter period would delete cases still being worked on)")
+    settings = settings_for_cli()
+    if current_revision(settings.database_url) != head_revision(settings.database_url):
+        fail("the database schema is not current; run `unblock migrate` first")
+
+    async def go() -> retention.PurgeReport:
+        db = Database(settings.database_url)
+        try:
+            now = datetime.now(UTC)
+            cutoff = now - timedelta(seconds=seconds)
+            if dry_run:
+                return await retention.count(db, cutoff=cutoff)
+            return await retention.purge(db, cutoff=cutoff, now=now, actor=_cli_actor())
+        finally:
+            await db.dispose()
+
+    report = run(go())
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(
+        f"{verb} {report.cases} closed cases, {report.outbox_events} events, "
+        f"{report.idempotency_records} idempotency records, {report.restricted_senders} cleared senders"
+    )
+
+
 # --- cases ------------------------------------------------------------------------------
 
 

@@ -109,10 +109,22 @@ class WebhookNotFound(NotFound):
     code = "webhook_not_found"
 
 
+class CredentialNotFound(NotFound):
+    """This case has no temporary password: no reset was asked for, or the reset did not succeed."""
+
+    code = "credential_not_found"
+
+
 class Conflict(ServiceError):
     """The request conflicts with the current state."""
 
     code = "conflict"
+
+
+class CredentialNotReady(Conflict):
+    """The password reset has not run yet; ask again once the case has passed it."""
+
+    code = "credential_not_ready"
 
 
 class OpenCaseExists(Conflict):

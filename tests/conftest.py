@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from service.persistence.db import sync_url
 from service.persistence.migrate import upgrade
@@ -33,9 +33,13 @@ def pg_requested() -> str | None:
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No UNBLOCK_* variable of the developer's shell, and no .env file, leaks into a test."""
+    """No UNBLOCK_* setting of the developer's shell, and no .env file, leaks into a test.
+
+    UNBLOCK_TEST_* are the test suite's own knobs (the database to use, the sizes and durations
+    of the scale tests) and are kept.
+    """
     for name in list(os.environ):
-        if name.startswith("UNBLOCK_") and name != PG_ENV:
+        if name.startswith("UNBLOCK_") and not name.startswith("UNBLOCK_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 

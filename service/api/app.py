@@ -13,12 +13,13 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from service import __version__
 from service.api import errors, ui
+from service.api.deps import strict_query
 from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, SecurityHeadersMiddleware
 from service.api.problems import Problem
 from service.api.routes import cases, health, senders, webhooks
@@ -54,6 +55,10 @@ def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
     problem = {"$ref": "#/components/schemas/Problem"}
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
+            if "requestBody" in operation:  # answered before any route code runs
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("400", {"description": "the body is not parseable JSON"})
+                responses.setdefault("413", {"description": "the body is larger than UNBLOCK_MAX_BODY_BYTES"})
             for code, response in operation.get("responses", {}).items():
                 if code.isdigit() and int(code) >= 400:
                     content = response.get("content", {})
@@ -104,9 +109,9 @@ def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> Fa
             scope_claim=settings.oidc_scope_claim,
         )
     errors.install(app)
-    app.include_router(cases.router)
-    app.include_router(webhooks.router)
-    app.include_router(senders.router)
+    app.include_router(cases.router, dependencies=[Depends(strict_query)])
+    app.include_router(webhooks.router, dependencies=[Depends(strict_query)])
+    app.include_router(senders.router, dependencies=[Depends(strict_query)])
     app.include_router(metrics_route.router)
     app.include_router(ui.router)
     app.mount("/ui/static", StaticFiles(directory=str(Path(ui.__file__).parent / "static")), name="ui-static")

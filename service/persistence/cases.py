@@ -265,7 +265,7 @@ async def _replay(session: AsyncSession, idempotency: IdempotencyRequest) -> Sto
         return None
     if record.request_hash != idempotency.request_hash:
         raise IdempotencyKeyReused(
-            "this Idempotency-Key was already used with a different request body", idempotency_key=idempotency.key
+            "this Idempotency-Key was already used with a different request body", field="Idempotency-Key"
         )
     return Stored(status_code=record.status_code, body=dict(record.response), location=record.location, replayed=True)
 

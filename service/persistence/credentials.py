@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlmodel import col, select, update
 
-from service.errors import CaseNotFound, CredentialGone
+from service.errors import CaseNotFound, CredentialGone, CredentialNotFound, CredentialNotReady
 from service.persistence import audit, cases, outbox
 from service.persistence.cases import SealedSecret
 from service.persistence.db import Database
@@ -21,11 +21,14 @@ async def take_for_reveal(db: Database, *, case_id: str, actor: str, now: dateti
     two concurrent reveals cannot both succeed.
     """
     async with db.write() as session:
-        if await session.get(Case, case_id) is None:
+        case = await session.get(Case, case_id)
+        if case is None:
             raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
         row = (await session.exec(select(Credential).where(Credential.case_id == case_id).with_for_update())).first()
         if row is None or row.applied_at is None:
-            raise CredentialGone("this case has no temporary password (no reset was done, or it has not run yet)")
+            if case.is_open and case.actions.get("reset_password", True):
+                raise CredentialNotReady("the password reset has not run yet; ask again once the case has passed it")
+            raise CredentialNotFound("this case has no temporary password (no reset was asked for, or it failed)")
         if row.revealed_at is not None:
             raise CredentialGone(f"the temporary password was already revealed at {row.revealed_at.isoformat()}")
         if row.destroyed_at is not None or row.sealed is None:

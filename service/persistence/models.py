@@ -35,6 +35,13 @@ class Case(SQLModel, table=True):
             sqlite_where=text("is_open = 1"),
             postgresql_where=text("is_open"),
         ),
+        # Retention's question: which closed cases finished before the cutoff.
+        Index(
+            "ix_cases_finished",
+            "finished_at",
+            sqlite_where=text("is_open = 0"),
+            postgresql_where=text("NOT is_open"),
+        ),
         Index("ix_cases_created", "created_at", "id"),
         Index("ix_cases_state_created", "state", "created_at", "id"),
         Index("ix_cases_mailbox_created", "mailbox", "created_at", "id"),

@@ -79,7 +79,8 @@ async def test_an_unknown_mailbox_fails(stack: Stack) -> None:
     assert case["last_error"]["code"] == "mailbox_not_found"
     assert case["credential"] is None
     response = await stack.client.post(f"/v1/cases/{case['id']}/credential/reveal")
-    assert response.status_code == 410
+    assert response.status_code == 404
+    assert response.json()["type"] == "/problems/credential_not_found"
 
 
 async def test_the_unblock_limit_escalates(stack: Stack) -> None:

@@ -29,6 +29,8 @@ SCOPES = ("cases:read", "cases:write", "cases:approve", "credentials:reveal", "s
 
 
 def setting(name: str, default: float) -> float:
+    """A test knob (UNBLOCK_TEST_*): CI and developers shrink or stretch counts and durations."""
+    assert name.startswith("UNBLOCK_TEST_"), name
     return float(os.environ.get(name, default))
 
 
@@ -178,20 +180,7 @@ def make_key(cluster: Cluster) -> str:
             "create",
             "--name",
             "scale",
-            *sum(
-                (
-                    ["--scope", s]
-                    for s in (
-                        "cases:read",
-                        "cases:write",
-                        "cases:approve",
-                        "credentials:reveal",
-                        "senders:read",
-                        "admin",
-                    )
-                ),
-                [],
-            ),
+            *[arg for scope in SCOPES for arg in ("--scope", scope)],
         ],
         env={**os.environ, **cluster.env},
         cwd=cluster.tmp_path,

@@ -62,8 +62,8 @@ def _ready(cluster: Cluster) -> int:
 
 def test_the_endpoint_gone_for_a_while(database_url: str, tmp_path: Path, sandbox_server: SandboxServer) -> None:
     """Tenant endpoint down mid-run: /readyz goes 503, cases wait without a storm of calls, then finish."""
-    outage = setting("UNBLOCK_OUTAGE_SECONDS", 30)
-    total = int(setting("UNBLOCK_OUTAGE_CASES", 40))
+    outage = setting("UNBLOCK_TEST_OUTAGE_SECONDS", 30)
+    total = int(setting("UNBLOCK_TEST_OUTAGE_CASES", 40))
     with cluster_for(database_url, tmp_path, sandbox_server.port, sandbox_server.base_url) as cluster:
         mix = arrange_tenant(cluster, total, prefix="outage")
         sandbox_server.tenant.configure({"latency_ms": {"*": 20}})
@@ -85,7 +85,7 @@ def test_the_endpoint_gone_for_a_while(database_url: str, tmp_path: Path, sandbo
             attempts = counter.close()
         sandbox_server.restart()
         wait_until(lambda: _ready(cluster) == 200, timeout=30, interval=0.5, what="/readyz to recover")
-        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_SCALE_TIMEOUT", 240))
+        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_TEST_SCALE_TIMEOUT", 240))
         check_invariants(cluster, mix)
         retries = cluster.query("SELECT count(*) FROM case_events WHERE type = 'step.retry_scheduled'")[0][0]
         print(f"\n{outage:.0f}s outage: {attempts} connection attempts from 3 processes, {retries} retries scheduled")
@@ -96,7 +96,7 @@ def test_the_endpoint_gone_for_a_while(database_url: str, tmp_path: Path, sandbo
 
 def test_every_command_hanging_for_a_while(database_url: str, tmp_path: Path, sandbox_server: SandboxServer) -> None:
     """Commands that never answer: calls time out, the breaker holds back the rest, everything finishes."""
-    total = int(setting("UNBLOCK_HANG_CASES", 20))
+    total = int(setting("UNBLOCK_TEST_HANG_CASES", 20))
     hangs = 12
     env = {"UNBLOCK_PS_CALL_TIMEOUT": "2"}
     with cluster_for(database_url, tmp_path, sandbox_server.port, sandbox_server.base_url, **env) as cluster:
@@ -107,7 +107,7 @@ def test_every_command_hanging_for_a_while(database_url: str, tmp_path: Path, sa
         connected = len(cluster.calls())
         cluster.control("POST", "/faults", json={"cmdlet": "*", "kind": "hang", "times": hangs})
         asyncio.run(create_cases(cluster, mix.all))
-        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_SCALE_TIMEOUT", 240))
+        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_TEST_SCALE_TIMEOUT", 240))
         check_invariants(cluster, mix)
         calls = cluster.calls()[connected:]
         hung = [c for c in calls if c["outcome"] == "fault: hang"]
@@ -130,7 +130,7 @@ def _pg(action: str) -> None:
 
 def test_postgresql_restarted_mid_run(database_url: str, tmp_path: Path, sandbox_server: SandboxServer) -> None:
     """PostgreSQL stopped mid-run: the API answers 503 problem+json, workers reconnect, nothing lost or doubled."""
-    total = int(setting("UNBLOCK_DBOUTAGE_CASES", 40))
+    total = int(setting("UNBLOCK_TEST_DBOUTAGE_CASES", 40))
     with cluster_for(database_url, tmp_path, sandbox_server.port, sandbox_server.base_url) as cluster:
         mix = arrange_tenant(cluster, total, prefix="pg")
         sandbox_server.tenant.configure({"latency_ms": {"*": 30}})
@@ -159,7 +159,7 @@ def test_postgresql_restarted_mid_run(database_url: str, tmp_path: Path, sandbox
             interval=0.5,
             what="the API to see the database again",
         )
-        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_SCALE_TIMEOUT", 240))
+        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_TEST_SCALE_TIMEOUT", 240))
         check_invariants(cluster, mix)
         duplicates = cluster.query("SELECT mailbox, count(*) FROM cases GROUP BY mailbox HAVING count(*) > 1")
         assert duplicates == []

@@ -46,7 +46,7 @@ def test_four_workers_run_hundreds_of_mixed_cases(
 ) -> None:
     """300 cases (restricted, clean, unknown, with transient faults) across 4 worker processes."""
     port, url = sandbox_process
-    total = int(setting("UNBLOCK_SCALE_CASES", 300))
+    total = int(setting("UNBLOCK_TEST_SCALE_CASES", 300))
     with cluster_for(database_url, tmp_path, port, url) as cluster:
         mix = arrange_tenant(cluster, total)
         cluster.control("POST", "/faults", json={"cmdlet": "*", "kind": "transient", "times": total // 5})
@@ -57,7 +57,7 @@ def test_four_workers_run_hundreds_of_mixed_cases(
             cluster.start_worker()
         started = time.monotonic()
         asyncio.run(create_cases(cluster, mix.all))
-        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_SCALE_TIMEOUT", 240))
+        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_TEST_SCALE_TIMEOUT", 240))
         elapsed = time.monotonic() - started
         check_invariants(cluster, mix)
         owners = cluster.query("SELECT DISTINCT actor FROM case_events WHERE actor = 'worker'")
@@ -70,8 +70,8 @@ def test_workers_killed_at_random_recover_within_two_leases(
 ) -> None:
     """SIGKILL a random worker again and again (and restart it): leases lapse, others take over, invariants hold."""
     port, url = sandbox_process
-    total = int(setting("UNBLOCK_CRASH_CASES", 120))
-    kills = int(setting("UNBLOCK_CRASH_KILLS", 6))
+    total = int(setting("UNBLOCK_TEST_CRASH_CASES", 120))
+    kills = int(setting("UNBLOCK_TEST_CRASH_KILLS", 6))
     lease = 3.0
     with cluster_for(database_url, tmp_path, port, url, UNBLOCK_WORKER_LEASE=f"{lease}s") as cluster:
         mix = arrange_tenant(cluster, total, prefix="crash")
@@ -104,7 +104,7 @@ def test_workers_killed_at_random_recover_within_two_leases(
         thread.start()
         asyncio.run(create_cases(cluster, mix.all))
         try:
-            wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_SCALE_TIMEOUT", 240))
+            wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_TEST_SCALE_TIMEOUT", 240))
         finally:
             stop.set()
             thread.join(60)

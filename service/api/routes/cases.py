@@ -44,7 +44,11 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 
 
-GONE: dict[int | str, dict[str, Any]] = {410: problem_doc("already revealed, expired, or never set")}
+GONE: dict[int | str, dict[str, Any]] = {410: problem_doc("already revealed, or expired unrevealed")}
+REVEAL_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: problem_doc("no case has this id, or the case has no temporary password (no reset asked for, or it failed)")
+}
+NOT_READY: dict[int | str, dict[str, Any]] = {409: problem_doc("the password reset has not run yet")}
 
 
 def _location(case_id: str) -> str:
@@ -74,7 +78,12 @@ async def create_case(
     runtime: RuntimeDep,
     principal: Annotated[Principal, requires("cases:write")],
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", description="makes a retried create safe", max_length=255)
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="makes a retried create safe: 1-255 visible ASCII characters",
+            pattern=r"^[\x21-\x7e]{1,255}$",
+        ),
     ] = None,
 ) -> JSONResponse:
     stored = await open_case(runtime, body, actor=principal.actor, principal_id=principal.id, key=idempotency_key)
@@ -147,15 +156,16 @@ async def list_cases(
     openapi_extra=scope_doc("cases:read"),
 )
 async def case_events(
+    request: Request,
     case_id: CaseId,
     runtime: RuntimeDep,
     _: Annotated[Principal, requires("cases:read")],
     after: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
-    accept: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> Any:
     events = await cases.list_events(runtime.db, case_id=case_id, after_id=after)
-    if wants_stream(accept):
+    # The Accept header picks the representation (content negotiation), so it is not a parameter.
+    if wants_stream(request.headers.get("accept")):
         return live.stream(runtime, case_id, resume_from(last_event_id, after))
     return JSONResponse({"items": [event_document(e) for e in events]})
 
@@ -226,12 +236,13 @@ async def retry(
     summary="Reveal the temporary password (once)",
     description=(
         "Returns the temporary password exactly once and destroys it; afterwards, or after "
-        "`UNBLOCK_CREDENTIAL_TTL`, 410. Requires `credentials:reveal`. Give it to the user by phone or in "
-        "person, never by e-mail."
+        "`UNBLOCK_CREDENTIAL_TTL`, 410. 409 while the reset has not run yet; 404 when the case has no "
+        "temporary password (no reset was asked for, or it failed). Requires `credentials:reveal`. Give it to "
+        "the user by phone or in person, never by e-mail."
     ),
     tags=["credentials"],
     response_model=RevealedCredential,
-    responses={**NOT_FOUND, **GONE, **COMMON_PROBLEMS},
+    responses={**REVEAL_NOT_FOUND, **NOT_READY, **GONE, **COMMON_PROBLEMS},
     openapi_extra=scope_doc("credentials:reveal"),
 )
 async def reveal(

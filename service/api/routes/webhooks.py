@@ -57,7 +57,12 @@ class WebhookCreate(BaseModel):
         },
     )
 
-    url: str = Field(max_length=2048, description="https URL that receives signed POSTs")
+    url: str = Field(
+        max_length=2048,
+        # the shape only (absolute http(s), no user:password@); https-only is checked against configuration
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+(?:[/?#]\S*)?$",
+        description="https URL that receives signed POSTs",
+    )
     events: list[EventName] = Field(min_length=1, max_length=len(EVENT_TYPES) + 1)
     description: str | None = Field(None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
 
@@ -163,7 +168,11 @@ class DeliveriesPage(BaseModel):
 
 
 def _check_url(url: str, runtime: Runtime) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range
+    except ValueError as error:
+        raise InvalidInput(f"url is not a valid URL: {error}", field="url") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise InvalidInput("url must be an absolute http(s) URL", field="url")
     if parts.username or parts.password:
@@ -285,7 +294,7 @@ async def list_deliveries(
 )
 async def redeliver(
     webhook_id: WebhookId,
-    delivery_id: Annotated[int, Path(ge=1)],
+    delivery_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
     runtime: RuntimeDep,
     principal: Annotated[Principal, requires("admin")],
 ) -> Response:
