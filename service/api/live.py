@@ -28,7 +28,7 @@ def wants_stream(accept: str | None) -> bool:
 
 def resume_from(last_event_id: str | None, after: int | None) -> int:
     if last_event_id and last_event_id.strip().isdigit():
-        return int(last_event_id.strip())
+        return min(int(last_event_id.strip()), 2**63 - 1)  # event ids are 64-bit
     return after or 0
 
 

@@ -12,6 +12,7 @@ from service.persistence.records import CaseSnapshot, EventRecord, case_document
 from service.security.inputs import normalize_mailbox
 
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+_MULTILINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"  # text without control characters but line breaks and tabs
 
 EXAMPLE_CASE: dict[str, Any] = {
     "id": "01jd8v6k0s3x4y5z6a7b8c9d0e",
@@ -94,7 +95,9 @@ class CaseCreate(BaseModel):
     )
     ticket_ref: str | None = Field(None, max_length=128, pattern=_PRINTABLE, description="your ticket number")
     requested_by: str | None = Field(None, max_length=128, pattern=_PRINTABLE, description="who asked")
-    note: str | None = Field(None, max_length=2000, description="free text for the timeline")
+    note: str | None = Field(
+        None, max_length=2000, pattern=_MULTILINE, description="free text for the timeline (lines and tabs allowed)"
+    )
     actions: ActionsIn = Field(default_factory=ActionsIn)
 
     @field_validator("mailbox")

@@ -14,10 +14,10 @@ import hashlib
 import hmac
 import time
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -31,7 +31,7 @@ from service.persistence.records import CaseSnapshot
 from service.runtime import Runtime
 from service.security.keys import matches, prefix_of
 
-HERE = Path(__file__).resolve().parent
+HERE = FilePath(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -195,8 +195,11 @@ async def cases_partial(request: Request) -> Response:
     return templates.TemplateResponse(request, "_cases.html", await _cases_context(_runtime(request)))
 
 
+UiCaseId = Annotated[str, Path(pattern=r"^[0-9a-z]{26}$")]
+
+
 @router.get("/cases/{case_id}")
-async def case_page(request: Request, case_id: str) -> Response:
+async def case_page(request: Request, case_id: UiCaseId) -> Response:
     viewer = await _viewer(request)
     if viewer is None:
         return RedirectResponse("/ui/login", status_code=303)
@@ -218,7 +221,9 @@ async def case_page(request: Request, case_id: str) -> Response:
 
 
 @router.get("/cases/{case_id}/stream")
-async def case_stream(request: Request, case_id: str) -> Response:
+async def case_stream(
+    request: Request, case_id: UiCaseId, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0
+) -> Response:
     if await _viewer(request) is None:
         return Response(status_code=401)
     runtime = _runtime(request)
@@ -226,5 +231,4 @@ async def case_stream(request: Request, case_id: str) -> Response:
         await cases.get_case(runtime.db, case_id=case_id)
     except CaseNotFound:
         return Response(status_code=404)
-    after = resume_from(request.headers.get("last-event-id"), int(request.query_params.get("after", "0") or 0))
-    return live_stream(runtime, case_id, after)
+    return live_stream(runtime, case_id, resume_from(request.headers.get("last-event-id"), after))

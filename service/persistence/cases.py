@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -154,6 +155,9 @@ async def get_case(db: Database, *, case_id: str) -> CaseSnapshot:
         return await _load(session, case_id)
 
 
+_CASE_ID = re.compile(r"^[0-9a-z]{26}$")
+
+
 def _encode_cursor(created_at: datetime, case_id: str) -> str:
     raw = json.dumps([created_at.isoformat(), case_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -163,7 +167,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, case_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(case_id)
+        if not isinstance(case_id, str) or not _CASE_ID.match(case_id):
+            raise ValueError("not a case id")
+        return datetime.fromisoformat(created), case_id
     except (binascii.Error, ValueError, TypeError, json.JSONDecodeError):
         raise InvalidInput("cursor is not one this service gave out", field="cursor") from None
 

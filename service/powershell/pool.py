@@ -195,7 +195,16 @@ class WarmPool:
                 if missing <= 0:
                     return
                 self._total += missing
-            results = await asyncio.gather(*(self._open() for _ in range(missing)), return_exceptions=True)
+            batch = asyncio.gather(*(self._open() for _ in range(missing)), return_exceptions=True)
+            try:
+                results = await asyncio.shield(batch)
+            except asyncio.CancelledError:
+                # Closing: runspaces that finish opening now are closed, not dropped with their shells
+                # (a cancel arriving just as the batch completes would otherwise lose its results).
+                for result in await batch:
+                    if not isinstance(result, BaseException):
+                        self._close_later(result)
+                raise
             failures = 0
             async with self.cond:
                 for result in results:

@@ -13,14 +13,13 @@ import unicodedata
 
 from email_validator import EmailNotValidError, validate_email
 
-from service.errors import ForeignMailbox, InvalidInput, InvalidMailbox
+from service.errors import ForeignMailbox, InvalidMailbox
 
 MAX_ADDRESS = 254
 MAX_LOCAL = 64
 # What Exchange and Entra accept in a UPN/SMTP local part, minus anything with meaning to a shell.
 _LOCAL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+'-]{0,62}[A-Za-z0-9_'+-])?$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_TEXT = re.compile(r"^[^\x00-\x1f\x7f]*$")
 
 
 def normalize_mailbox(value: object) -> str:
@@ -61,14 +60,3 @@ def check_domain(mailbox: str, allowed: list[str] | tuple[str, ...]) -> None:
             f"{domain} is not one of the domains this service may act on ({', '.join(sorted(allowed_set))})",
             domain=domain,
         )
-
-
-def clean_text(value: str | None, *, field: str, limit: int) -> str | None:
-    """Free text (ticket, requester, note): bounded, no control characters."""
-    if value is None:
-        return None
-    if len(value) > limit:
-        raise InvalidInput(f"{field} must be at most {limit} characters", field=field)
-    if not _TEXT.match(value.replace("\n", " ").replace("\t", " ")):
-        raise InvalidInput(f"{field} must not contain control characters", field=field)
-    return value

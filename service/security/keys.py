@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
 KEY_PREFIX = "ubk_"
+_IDENT = re.compile(r"^[a-z2-7]{8}$")  # lower-case base32 of 5 random bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,7 @@ def prefix_of(plaintext: str) -> str | None:
     if not plaintext.startswith(KEY_PREFIX):
         return None
     head, sep, secret = plaintext[len(KEY_PREFIX) :].partition("_")
-    if not sep or len(head) != 8 or len(secret) < 40:
+    if not sep or len(head) != 8 or len(secret) < 40 or not _IDENT.match(head):
         return None
     return KEY_PREFIX + head
 

@@ -35,6 +35,7 @@ log = get_logger(__name__)
 CaseId = Annotated[
     str, Path(pattern=r"^[0-9a-z]{26}$", description="the case id", examples=["01jd8v6k0s3x4y5z6a7b8c9d0e"])
 ]
+_NO_CONTROLS = r"^[^\x00-\x1f\x7f]*$"
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,255}$")
 DOMAIN_CACHE_SECONDS = 300.0
 
@@ -120,11 +121,11 @@ async def list_cases(
     runtime: RuntimeDep,
     _: Annotated[Principal, requires("cases:read")],
     state: Annotated[CaseStateName | None, Query(description="only cases in this state")] = None,
-    mailbox: Annotated[str | None, Query(max_length=320)] = None,
-    ticket_ref: Annotated[str | None, Query(max_length=128)] = None,
+    mailbox: Annotated[str | None, Query(max_length=320, pattern=_NO_CONTROLS)] = None,
+    ticket_ref: Annotated[str | None, Query(max_length=128, pattern=_NO_CONTROLS)] = None,
     open_: Annotated[bool | None, Query(alias="open", description="true: not yet terminal; false: terminal")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[str | None, Query(max_length=512, pattern=r"^[A-Za-z0-9_-]*$")] = None,
 ) -> JSONResponse:
     items, next_cursor = await cases.list_cases(
         runtime.db,
@@ -160,7 +161,7 @@ async def case_events(
     case_id: CaseId,
     runtime: RuntimeDep,
     _: Annotated[Principal, requires("cases:read")],
-    after: Annotated[int | None, Query(ge=0, description="only events with a larger id")] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="only events with a larger id")] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> Any:
     events = await cases.list_events(runtime.db, case_id=case_id, after_id=after)

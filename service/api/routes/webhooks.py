@@ -59,8 +59,9 @@ class WebhookCreate(BaseModel):
 
     url: str = Field(
         max_length=2048,
-        # the shape only (absolute http(s), no user:password@); https-only is checked against configuration
-        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+(?:[/?#]\S*)?$",
+        # the shape only: absolute http(s), visible ASCII (IDN hosts in punycode), no user:password@;
+        # whether http is allowed is checked against configuration
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21\x22\x24-\x2e\x30-\x3e\x41-\x7e]+(?:[/?#][\x21-\x7e]*)?$",
         description="https URL that receives signed POSTs",
     )
     events: list[EventName] = Field(min_length=1, max_length=len(EVENT_TYPES) + 1)
@@ -168,6 +169,8 @@ class DeliveriesPage(BaseModel):
 
 
 def _check_url(url: str, runtime: Runtime) -> None:
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise InvalidInput("url must be visible ASCII (write an international host name in punycode)", field="url")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a port out of range

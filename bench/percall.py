@@ -1,0 +1,86 @@
+"""The baseline: how many automation tools reach PowerShell, one fresh connection per command.
+
+For every command: open a new remoting shell (a pypsrp RunspacePool), sign in to the module the
+command belongs to (Connect-ExchangeOnline or Connect-MgGraph), run the one command, close the
+shell. The commands and their parameters are the ones the service sends for the same case, built
+from the same catalogue, so the only difference measured is the connection strategy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from service.domain.password import generate_password
+from service.powershell import commands as c
+from service.powershell.runspace import EndpointOptions, Runspace
+
+_APP_ID = "11111111-2222-3333-4444-555555555555"
+_THUMBPRINT = "A" * 40
+_ORG = "contoso.onmicrosoft.com"
+
+_BUILD: dict[str, Callable[[str], c.Invocation]] = {
+    c.UPDATE_MG_USER.name: lambda upn: c.UPDATE_MG_USER(
+        UserId=upn, PasswordProfile={"Password": generate_password(), "ForceChangePasswordNextSignIn": True}
+    ),
+    c.REVOKE_SESSIONS.name: lambda upn: c.REVOKE_SESSIONS(UserId=upn),
+    c.GET_MG_USER.name: lambda upn: c.GET_MG_USER(UserId=upn, Property=["Id", "UserPrincipalName"]),
+    c.GET_BLOCKED_SENDER.name: lambda upn: c.GET_BLOCKED_SENDER(SenderAddress=upn),
+    c.REMOVE_BLOCKED_SENDER.name: lambda upn: c.REMOVE_BLOCKED_SENDER(
+        SenderAddress=upn, Confirm=False, Reason="baseline"
+    ),
+}
+
+
+def _options(port: int) -> EndpointOptions:
+    return EndpointOptions(
+        server="127.0.0.1",
+        port=port,
+        ssl=False,
+        path="wsman",
+        auth="basic",
+        username="sandbox",
+        password="sandbox",
+        cert_validation=False,
+        encryption="never",
+        configuration_name="Microsoft.PowerShell",
+        operation_timeout=5,
+        connect_in_session=False,  # connected below, per command
+        organization=_ORG,
+        app_id=_APP_ID,
+        cert_thumbprint=_THUMBPRINT,
+        tenant_id=_ORG,
+        exchange_keys=False,
+    )
+
+
+def _connect_for(cmdlet: str) -> c.Invocation:
+    if cmdlet in c.EXCHANGE_COMMANDS:
+        return c.CONNECT_EXCHANGE(
+            AppId=_APP_ID,
+            CertificateThumbprint=_THUMBPRINT,
+            Organization=_ORG,
+            ShowBanner=False,
+            CommandName=[cmdlet],
+            SkipLoadingFormatData=True,
+        )
+    return c.CONNECT_GRAPH(ClientId=_APP_ID, CertificateThumbprint=_THUMBPRINT, TenantId=_ORG, NoWelcome=True)
+
+
+def run_case(port: int, upn: str, sequence: list[str]) -> float:
+    """Run the case's commands one connection each; returns the seconds it took."""
+    options = _options(port)
+    started = time.perf_counter()
+    for number, cmdlet in enumerate(sequence):
+        runspace = Runspace(options, name=f"baseline-{number}")
+        deadline = time.monotonic() + 60
+        runspace.open(deadline)
+        try:
+            for invocation in (_connect_for(cmdlet), _BUILD[cmdlet](upn)):
+                result = runspace.invoke((invocation,), deadline)
+                runspace.finish()
+                if result.failed:
+                    raise RuntimeError(f"{invocation.name} failed in the baseline: {result.records}")
+        finally:
+            runspace.close()
+    return time.perf_counter() - started

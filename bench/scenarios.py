@@ -1,0 +1,333 @@
+"""The five measurements of `make bench`; each returns a dict of figures for results/latest.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from bench.processes import (
+    Proc,
+    bench_database,
+    make_key,
+    migrate,
+    service_env,
+    start_sandbox,
+    start_serve,
+    start_worker,
+)
+from bench.seed import seed_cases
+from service.persistence.db import sync_url
+
+COMMAND_MS = 100.0
+CONNECT_MS = 2000.0
+
+
+def pct(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
+
+
+def _latency_of(cmdlet: str) -> float:
+    return (CONNECT_MS if cmdlet.lower().startswith("connect-") else COMMAND_MS) / 1000
+
+
+class Tenant:
+    """The sandbox's control API: users, restrictions, latency, the call log."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.Client(base_url=f"{url}/_sandbox", timeout=30)
+
+    def configure(self, **values: Any) -> None:
+        self.client.post("/config", json=values).raise_for_status()
+
+    def restricted_users(self, addresses: list[str]) -> None:
+        for address in addresses:
+            self.client.post("/users", json={"upn": address}).raise_for_status()
+            self.client.post("/senders", json={"address": address}).raise_for_status()
+
+    def calls(self, since: int = 0) -> list[dict[str, Any]]:
+        return list(self.client.get("/calls", params={"since": since}).json())
+
+    def wait_connects(self, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while sum(1 for c in self.calls() if c["cmdlet"].startswith("Connect-")) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the pool did not connect {count} times in {timeout}s")
+            time.sleep(0.2)
+
+
+def _wait_end(client: httpx.Client, case_id: str) -> None:
+    """Follow the case's live timeline (SSE) until the service says it ended."""
+    with client.stream("GET", f"/v1/cases/{case_id}/events", headers={"Accept": "text/event-stream"}) as stream:
+        for line in stream.iter_lines():
+            if line.strip() == "event: end":
+                return
+    raise RuntimeError(f"the stream of {case_id} closed before the case ended")
+
+
+# --- 1. overhead against the endpoint's floor ------------------------------------------------
+
+
+def overhead(pg: str, cases: int) -> dict[str, Any]:
+    sandbox, url = start_sandbox()
+    tenant = Tenant(url)
+    try:
+        tenant.configure(latency_ms={"*": COMMAND_MS, "Connect-*": CONNECT_MS}, unblock_limit_per_day=100_000)
+        mailboxes = [f"seq{i}@contoso.com" for i in range(cases)]
+        tenant.restricted_users(mailboxes)
+        with bench_database(pg) as database_url:
+            env = service_env(database_url, sandbox_port(url), UNBLOCK_PS_POOL_SIZE=4)
+            migrate(env)
+            key = make_key(env)
+            serve, base = start_serve(env)
+            try:
+                tenant.wait_connects(2 * 4)
+                rows = _sequential(base, key, tenant, mailboxes)
+            finally:
+                serve.stop()
+    finally:
+        sandbox.stop()
+    ratios = [r["e2e"] / r["floor"] for r in rows]
+    dispatch = [r["dispatch"] * 1000 for r in rows]
+    return {
+        "cases": cases,
+        "commands_per_case": statistics.median(r["commands"] for r in rows),
+        "floor_s": statistics.median(r["floor"] for r in rows),
+        "e2e_s_p50": statistics.median(r["e2e"] for r in rows),
+        "overhead_ratio_p50": statistics.median(ratios),
+        "overhead_ratio_mean": statistics.fmean(ratios),
+        "overhead_ratio_p99": pct(ratios, 0.99),
+        "dispatch_ms_p50": statistics.median(dispatch),
+        "dispatch_ms_p99": pct(dispatch, 0.99),
+        "sequence": rows[0]["sequence"],
+    }
+
+
+def sandbox_port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _sequential(base: str, key: str, tenant: Tenant, mailboxes: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    last_seq = max((c["seq"] for c in tenant.calls()), default=0)
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        for mailbox in mailboxes:
+            started = time.perf_counter()
+            created = client.post("/v1/cases", json={"mailbox": mailbox})
+            created.raise_for_status()
+            case = created.json()
+            _wait_end(client, case["id"])
+            e2e = time.perf_counter() - started
+            calls = tenant.calls(since=last_seq)
+            last_seq = max((c["seq"] for c in calls), default=last_seq)
+            final = client.get(f"/v1/cases/{case['id']}").json()
+            if final["outcome"] != "unblocked":
+                raise RuntimeError(f"case ended {final['state']}/{final['outcome']}")
+            first = datetime.fromisoformat(calls[0]["at"])
+            rows.append(
+                {
+                    "e2e": e2e,
+                    "floor": sum(_latency_of(c["cmdlet"]) for c in calls),
+                    "commands": len(calls),
+                    "dispatch": (first - datetime.fromisoformat(case["created_at"])).total_seconds(),
+                    "sequence": [c["cmdlet"] for c in calls],
+                }
+            )
+    return rows
+
+
+# --- 2. throughput against the ideal -------------------------------------------------------------
+
+
+def throughput(pg: str, cases: int, pool_size: int, per_case_floor: float) -> dict[str, Any]:
+    sandbox, url = start_sandbox(name=f"sandbox-pool{pool_size}")
+    tenant = Tenant(url)
+    try:
+        tenant.configure(latency_ms={"*": COMMAND_MS, "Connect-*": CONNECT_MS}, unblock_limit_per_day=100_000)
+        mailboxes = [f"tp{pool_size}-{i}@contoso.com" for i in range(cases)]
+        tenant.restricted_users(mailboxes)
+        with bench_database(pg) as database_url:
+            env = service_env(database_url, sandbox_port(url), UNBLOCK_PS_POOL_SIZE=pool_size)
+            migrate(env)
+            key = make_key(env)
+            serve, base = start_serve(env, name=f"serve-pool{pool_size}")
+            try:
+                tenant.wait_connects(2 * pool_size)
+                asyncio.run(_create_all(base, key, mailboxes))
+                makespan = _wait_closed(database_url, cases)
+            finally:
+                serve.stop()
+    finally:
+        sandbox.stop()
+    achieved = cases / makespan
+    ideal = pool_size / per_case_floor
+    return {
+        "pool_size": pool_size,
+        "cases": cases,
+        "seconds": makespan,
+        "cases_per_s": achieved,
+        "ideal_cases_per_s": ideal,
+        "efficiency": achieved / ideal,
+    }
+
+
+async def _create_all(base: str, key: str, mailboxes: list[str]) -> None:
+    semaphore = asyncio.Semaphore(32)
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+
+        async def one(mailbox: str) -> None:
+            async with semaphore:
+                (await client.post("/v1/cases", json={"mailbox": mailbox})).raise_for_status()
+
+        await asyncio.gather(*(one(m) for m in mailboxes))
+
+
+def _wait_closed(database_url: str, cases: int, timeout: float = 900) -> float:
+    """Seconds from the first case created to the last one resolved, by the database's clock."""
+    engine = create_engine(sync_url(database_url))
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with engine.connect() as connection:
+                done, wrong = connection.execute(
+                    text("SELECT count(*), count(*) FILTER (WHERE outcome <> 'unblocked') FROM cases WHERE NOT is_open")
+                ).one()
+                if done >= cases:
+                    if wrong:
+                        raise RuntimeError(f"{wrong} cases did not end unblocked")
+                    first, last = connection.execute(text("SELECT min(created_at), max(finished_at) FROM cases")).one()
+                    return float((last - first).total_seconds())
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done} of {cases} cases ended in {timeout}s")
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+# --- 3. the per-call-connection baseline ---------------------------------------------------------
+
+
+def baseline(cases: int, sequence: list[str]) -> dict[str, Any]:
+    """The same commands, each on a new remoting shell with a fresh Connect-* first."""
+    from bench.percall import run_case
+
+    sandbox, url = start_sandbox(name="sandbox-baseline")
+    tenant = Tenant(url)
+    try:
+        tenant.configure(latency_ms={"*": COMMAND_MS, "Connect-*": CONNECT_MS}, unblock_limit_per_day=100_000)
+        mailboxes = [f"base{i}@contoso.com" for i in range(cases)]
+        tenant.restricted_users(mailboxes)
+        times = [run_case(sandbox_port(url), mailbox, sequence) for mailbox in mailboxes]
+        calls = tenant.calls()
+    finally:
+        sandbox.stop()
+    removed = sum(1 for c in calls if c["cmdlet"] == "Remove-BlockedSenderAddress" and c["outcome"].startswith("ok"))
+    if removed != cases:
+        raise RuntimeError(f"the baseline unblocked {removed} of {cases}")
+    return {"cases": cases, "per_case_s": statistics.median(times), "commands_per_case": len(sequence)}
+
+
+# --- 4. the API under load -------------------------------------------------------------------------
+
+
+def api_load(pg: str, total: int, concurrency: int, duration: float) -> dict[str, Any]:
+    with bench_database(pg) as database_url:
+        env = service_env(database_url, 9, UNBLOCK_PS_OPEN_LAZILY="true")
+        migrate(env)
+        key = make_key(env)
+        started = time.monotonic()
+        ids = seed_cases(database_url, total=total, open_cases=2000)
+        seeded = time.monotonic() - started
+        serve, base = start_serve(env, worker=False, name="serve-api")
+        try:
+            auth = f"Authorization: Bearer {key}"
+            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+                handle.write("\n".join(f"/v1/cases/{i}" for i in ids))
+                paths = handle.name
+            get = _loadgen(base, ["--path-file", paths, "--header", auth], concurrency, duration)
+            listing = _loadgen(f"{base}/v1/cases?state=resolved&limit=50", ["--header", auth], concurrency, duration)
+            os.unlink(paths)
+            api_rss = serve.rss_mb()
+        finally:
+            serve.stop()
+    return {"cases": total, "seed_s": seeded, "get": get, "list": listing, "api_rss_mb": api_rss}
+
+
+def _loadgen(url: str, extra: list[str], concurrency: int, duration: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--url",
+            url,
+            *extra,
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(duration),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(done.stdout))
+
+
+# --- 5. memory with many open cases -----------------------------------------------------------------
+
+
+def memory(pg: str, open_cases: int) -> dict[str, Any]:
+    sandbox, url = start_sandbox(name="sandbox-memory")
+    tenant = Tenant(url)
+    try:
+        tenant.configure(latency_ms={"*": 5, "Connect-*": 50})
+        with bench_database(pg) as database_url:
+            env = service_env(database_url, sandbox_port(url), UNBLOCK_PS_POOL_SIZE=4)
+            migrate(env)
+            key = make_key(env)
+            seed_cases(database_url, total=open_cases, open_cases=open_cases)
+            serve, base = start_serve(env, name="serve-memory")
+            try:
+                tenant.wait_connects(8)
+                _exercise(base, key)
+                single = serve.rss_mb()
+            finally:
+                serve.stop()
+            api, base = start_serve(env, worker=False, name="api-memory")
+            worker = start_worker(env, name="worker-memory")
+            try:
+                time.sleep(3)
+                _exercise(base, key)
+                split = {"api": api.rss_mb(), "worker": worker.rss_mb()}
+            finally:
+                worker.stop()
+                api.stop()
+    finally:
+        sandbox.stop()
+    return {"open_cases": open_cases, "serve_rss_mb": single, "split_rss_mb": split}
+
+
+def _exercise(base: str, key: str) -> None:
+    """What a dashboard and a ticketing system do for a while: lists, pages, metrics."""
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            page = client.get("/v1/cases", params={"open": "true", "limit": 200}).json()
+            for case in page["items"][:20]:
+                client.get(f"/v1/cases/{case['id']}")
+            client.get("/metrics")
+
+
+__all__ = ["Proc", "api_load", "baseline", "memory", "overhead", "throughput"]
