@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "sqlite:///./unblock.db"
+    db_pool_size: int = Field(default=20, ge=1, le=500, description="PostgreSQL connections per process")
 
     ps_server: str | None = None
     ps_port: int = Field(default=5986, ge=1, le=65535)

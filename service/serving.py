@@ -88,7 +88,11 @@ def build_gateway(settings: Settings) -> PowerShellBridge | None:
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    return Runtime(settings=settings, db=Database(settings.database_url), gateway=build_gateway(settings))
+    return Runtime(
+        settings=settings,
+        db=Database(settings.database_url, pool_size=settings.db_pool_size),
+        gateway=build_gateway(settings),
+    )
 
 
 def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None) -> list[Background]:

@@ -35,15 +35,13 @@ def resume_from(last_event_id: str | None, after: int | None) -> int:
 async def timeline(runtime: Runtime, case_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
     last = after
     while True:
-        for event in await cases.list_events(runtime.db, case_id=case_id, after_id=last):
+        state, outcome, events = await cases.timeline_since(runtime.db, case_id=case_id, after_id=last)
+        for event in events:
             last = event.id
             yield {"id": str(event.id), "event": event.type, "data": json.dumps(event_document(event))}
-        case = await cases.get_case(runtime.db, case_id=case_id)
-        if case.state in TERMINAL_STATES:
-            if not await cases.list_events(runtime.db, case_id=case_id, after_id=last):
-                yield {"event": "end", "data": json.dumps({"state": case.state, "outcome": case.outcome})}
-                return
-            continue
+        if state in TERMINAL_STATES:
+            yield {"event": "end", "data": json.dumps({"state": state, "outcome": outcome})}
+            return
         await runtime.events.wait(case_id, POLL_SECONDS)
 
 

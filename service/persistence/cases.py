@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, text, tuple_
+from sqlalchemy import bindparam, func, text, tuple_
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import SQLModel, col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.domain.decide import Decision
@@ -70,7 +72,8 @@ def request_hash(payload: Any) -> str:
 # --- reading ------------------------------------------------------------------------------------------
 
 
-def _step(row: CaseStep) -> StepRecord:
+def _step(row: Any) -> StepRecord:
+    """From an ORM object or a Core row of case_steps (same attribute names)."""
     return StepRecord(
         name=row.name,
         position=row.position,
@@ -83,7 +86,7 @@ def _step(row: CaseStep) -> StepRecord:
     )
 
 
-def _credential(row: Credential | None) -> CredentialInfo | None:
+def _credential(row: Any) -> CredentialInfo | None:
     if row is None:
         return None
     return CredentialInfo(
@@ -96,7 +99,7 @@ def _credential(row: Credential | None) -> CredentialInfo | None:
     )
 
 
-def _snapshot(row: Case, steps: Sequence[CaseStep], credential: Credential | None) -> CaseSnapshot:
+def _snapshot(row: Any, steps: Sequence[Any], credential: Any) -> CaseSnapshot:
     return CaseSnapshot(
         id=row.id,
         mailbox=row.mailbox,
@@ -137,22 +140,50 @@ async def snapshot_in(session: AsyncSession, case_id: str) -> CaseSnapshot:
     return await _load(session, case_id)
 
 
-async def _load_many(session: AsyncSession, rows: Sequence[Case]) -> list[CaseSnapshot]:
-    ids = [r.id for r in rows]
-    if not ids:
-        return []
-    steps: dict[str, list[CaseStep]] = {i: [] for i in ids}
-    for step in (await session.exec(select(CaseStep).where(col(CaseStep.case_id).in_(ids)))).all():
-        steps[step.case_id].append(step)
-    credentials = {
-        c.case_id: c for c in (await session.exec(select(Credential).where(col(Credential.case_id).in_(ids)))).all()
-    }
-    return [_snapshot(r, steps[r.id], credentials.get(r.id)) for r in rows]
-
-
 async def get_case(db: Database, *, case_id: str) -> CaseSnapshot:
-    async with db.read() as session:
-        return await _load(session, case_id)
+    async with db.connect_read() as connection:
+        found = await _read_rows(connection, _GET_CASE, {"case_id": case_id})
+    if not found:
+        raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
+    return found[0]
+
+
+# Read-only paths (the API's GET, lists, the dashboard) select plain rows through Core, with
+# statements built once: ORM objects (identity map, instrumentation) and statement construction
+# cost more than the queries themselves, and a read never writes anything back. The credential
+# comes along by an outer join, without its sealed value (a read has no use for the ciphertext).
+# Writes keep using the ORM (_load).
+_CASES = SQLModel.metadata.tables["cases"]
+_STEPS = SQLModel.metadata.tables["case_steps"]
+_CREDENTIALS = SQLModel.metadata.tables["credentials"]
+_CREDENTIAL_COLUMNS = [c.label(f"credential_{c.name}") for c in _CREDENTIALS.c if c.name != "sealed"]
+_CASE_ROWS = sa_select(_CASES, *_CREDENTIAL_COLUMNS).select_from(
+    _CASES.outerjoin(_CREDENTIALS, _CREDENTIALS.c.case_id == _CASES.c.id)
+)
+_GET_CASE = _CASE_ROWS.where(_CASES.c.id == bindparam("case_id"))
+_STEPS_OF = sa_select(_STEPS).where(_STEPS.c.case_id.in_(bindparam("ids", expanding=True)))
+
+
+class _JoinedCredential:
+    """The credential columns of a joined case row, under the names _credential() reads."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: Any) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, f"credential_{name}")
+
+
+async def _read_rows(connection: AsyncConnection, statement: Any, params: dict[str, Any]) -> list[CaseSnapshot]:
+    rows = (await connection.execute(statement, params)).all()
+    if not rows:
+        return []
+    steps: dict[str, list[Any]] = {r.id: [] for r in rows}
+    for step in (await connection.execute(_STEPS_OF, {"ids": list(steps)})).all():
+        steps[step.case_id].append(step)
+    return [_snapshot(r, steps[r.id], _JoinedCredential(r) if r.credential_case_id is not None else None) for r in rows]
 
 
 _CASE_ID = re.compile(r"^[0-9a-z]{26}$")
@@ -185,37 +216,51 @@ async def list_cases(
     cursor: str | None = None,
 ) -> tuple[list[CaseSnapshot], str | None]:
     """Newest first; ``next_cursor`` is set when there may be more."""
-    query = select(Case)
+    c = _CASES.c
+    query = _CASE_ROWS
     if state is not None:
-        query = query.where(Case.state == state)
+        query = query.where(c.state == state)
     if mailbox is not None:
-        query = query.where(Case.mailbox == mailbox.lower())
+        query = query.where(c.mailbox == mailbox.lower())
     if ticket_ref is not None:
-        query = query.where(Case.ticket_ref == ticket_ref)
+        query = query.where(c.ticket_ref == ticket_ref)
     if is_open is not None:
-        query = query.where(Case.is_open == is_open)
+        query = query.where(c.is_open == is_open)
     if cursor:
         created_at, case_id = _decode_cursor(cursor)
-        query = query.where(tuple_(Case.created_at, Case.id) < tuple_(created_at, case_id))
-    query = query.order_by(col(Case.created_at).desc(), col(Case.id).desc()).limit(limit + 1)
-    async with db.read() as session:
-        rows = list((await session.exec(query)).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        snapshots = await _load_many(session, rows)
-    next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+        query = query.where(tuple_(c.created_at, c.id) < tuple_(created_at, case_id))
+    query = query.order_by(c.created_at.desc(), c.id.desc()).limit(limit + 1)
+    async with db.connect_read() as connection:
+        snapshots = await _read_rows(connection, query, {})
+    more = len(snapshots) > limit
+    snapshots = snapshots[:limit]
+    next_cursor = _encode_cursor(snapshots[-1].created_at, snapshots[-1].id) if more and snapshots else None
     return snapshots, next_cursor
 
 
 async def list_events(db: Database, *, case_id: str, after_id: int | None = None) -> list[EventRecord]:
+    _, _, events = await timeline_since(db, case_id=case_id, after_id=after_id)
+    return events
+
+
+async def timeline_since(
+    db: Database, *, case_id: str, after_id: int | None = None
+) -> tuple[str, str | None, list[EventRecord]]:
+    """The case's state and outcome, then its events after ``after_id``, in one read.
+
+    The state is read first: if it is terminal, every event up to the terminal change was
+    committed before it, so the events read next include them all (what a live stream needs to
+    know that it may end).
+    """
     async with db.read() as session:
-        if await session.get(Case, case_id) is None:
+        state = (await session.exec(select(Case.state, Case.outcome).where(Case.id == case_id))).first()
+        if state is None:
             raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
         query = select(CaseEvent).where(CaseEvent.case_id == case_id)
         if after_id is not None:
             query = query.where(col(CaseEvent.id) > after_id)
         rows = (await session.exec(query.order_by(col(CaseEvent.id)))).all()
-    return [
+    events = [
         EventRecord(
             id=int(r.id or 0),
             case_id=r.case_id,
@@ -229,6 +274,7 @@ async def list_events(db: Database, *, case_id: str, after_id: int | None = None
         )
         for r in rows
     ]
+    return str(state[0]), state[1], events
 
 
 async def count_by_state(db: Database) -> dict[str, int]:

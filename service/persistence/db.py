@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.errors import Unavailable
@@ -71,7 +71,7 @@ def _is_disconnect(error: DBAPIError) -> bool:
 class Database:
     """The service's handle on its database; one per process."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
         self.url = url
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         if self.dialect == "sqlite":
@@ -80,8 +80,10 @@ class Database:
         else:
             self.engine = create_async_engine(
                 async_url(url),
+                # A fixed set of connections: under a burst, requests wait their turn for one
+                # rather than each opening (and closing) a PostgreSQL backend of its own.
                 pool_size=pool_size,
-                max_overflow=pool_size * 2,
+                max_overflow=0,
                 pool_pre_ping=True,
                 pool_recycle=1800,
             )
@@ -109,6 +111,17 @@ class Database:
         try:
             async with self._reader() as session:
                 yield session
+        except DBAPIError as error:
+            if _is_disconnect(error):
+                raise Unavailable("the database is unavailable") from error
+            raise
+
+    @asynccontextmanager
+    async def connect_read(self) -> AsyncIterator[AsyncConnection]:
+        """A plain connection for Core reads: no ORM session to set up and tear down."""
+        try:
+            async with self._read_engine.connect() as connection:
+                yield connection
         except DBAPIError as error:
             if _is_disconnect(error):
                 raise Unavailable("the database is unavailable") from error
