@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, text, tuple_
 from sqlalchemy import select as sa_select
+from sqlalchemy import update as sa_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel, col, select, update
@@ -127,12 +128,12 @@ def _snapshot(row: Any, steps: Sequence[Any], credential: Any) -> CaseSnapshot:
 
 
 async def _load(session: AsyncSession, case_id: str) -> CaseSnapshot:
-    row = await session.get(Case, case_id, populate_existing=True)
-    if row is None:
+    """The case as this transaction sees it: pending ORM changes flushed, then read as plain rows."""
+    await session.flush()
+    found = await _read_rows(await session.connection(), _GET_CASE, {"case_id": case_id})
+    if not found:
         raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
-    steps = (await session.exec(select(CaseStep).where(CaseStep.case_id == case_id))).all()
-    credential = await session.get(Credential, case_id, populate_existing=True)
-    return _snapshot(row, steps, credential)
+    return found[0]
 
 
 async def snapshot_in(session: AsyncSession, case_id: str) -> CaseSnapshot:
@@ -433,17 +434,22 @@ async def _cas(
     values: dict[str, Any],
     lease_owner: str | None = None,
 ) -> bool:
-    statement = update(Case).where(col(Case.id) == case_id, col(Case.version) == version)
+    # Core, not an ORM bulk update: no identity-map synchronisation to pay for (snapshots are
+    # read back as rows, so no ORM Case objects are kept in the session).
+    c = _CASES.c
+    statement = sa_update(_CASES).where(c.id == case_id, c.version == version)
     if lease_owner is not None:
-        statement = statement.where(col(Case.lease_owner) == lease_owner)
-    result = await session.exec(statement.values(**values, version=version + 1))
+        statement = statement.where(c.lease_owner == lease_owner)
+    connection = await session.connection()
+    result = await connection.execute(statement.values(**values, version=version + 1))
     return bool(result.rowcount == 1)
 
 
 async def _set_steps(session: AsyncSession, *, case_id: str, changes: dict[str, dict[str, Any]]) -> None:
+    connection = await session.connection()
     for name, values in changes.items():
-        await session.exec(
-            update(CaseStep).where(col(CaseStep.case_id) == case_id, col(CaseStep.name) == name).values(**values)
+        await connection.execute(
+            sa_update(_STEPS).where(_STEPS.c.case_id == case_id, _STEPS.c.name == name).values(**values)
         )
 
 
