@@ -162,7 +162,7 @@ def sandbox(
     try:
         run(server.serve_forever(ready))
     except SandboxError as error:
-        fail(str(error), code=1)
+        fail(str(error), code=2)
     finally:
         server.close()
 
@@ -283,11 +283,10 @@ def openapi(
     from pathlib import Path
 
     from service.api.app import create_app
-    from service.config import Settings
     from service.persistence.db import Database
     from service.runtime import Runtime
 
-    settings = Settings()
+    settings = settings_for_cli()
     spec = create_app(Runtime(settings=settings, db=Database(settings.database_url))).openapi()
     text = json.dumps(spec, indent=2)
     if output:
@@ -519,9 +518,14 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("unblock: aborted", err=True)
         return 130
     except typer.TyperException as error:
+        ctx = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            # `unblock` or `unblock keys` alone: the help itself, as written, is the useful answer.
+            # (Matched by name: Typer vendors click, so the class lives in a private module.)
+            typer.echo(ctx.get_help(), err=True)
+            return 2
         # Usage errors (unknown option, missing parameter, bad value) from Typer's click.
         message = error.format_message() if hasattr(error, "format_message") else str(error)
-        ctx = getattr(error, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         typer.echo(f"unblock: error: {_one_line(message)}{hint}", err=True)
         return 2

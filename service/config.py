@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     ps_cert_validation: Annotated[bool | str, BeforeValidator(_cert_validation)] = True
     ps_configuration_name: str = "Microsoft.PowerShell"
     ps_pool_size: int = Field(default=4, ge=1, le=64)
-    ps_call_timeout: Duration = 120.0
+    ps_call_timeout: Annotated[Duration, Field(gt=0)] = 120.0
     ps_open_lazily: bool = False
     ps_connect_in_session: bool = Field(
         default=True,
@@ -159,11 +159,11 @@ class Settings(BaseSettings):
     allowed_domains: CommaList = Field(default_factory=list)
 
     propagation_wait: Duration = 4 * 3600.0
-    recheck_interval: Duration = 15 * 60.0
+    recheck_interval: Annotated[Duration, Field(gt=0)] = 15 * 60.0
     require_approval: bool = False
 
     secret_key: CommaList = Field(default_factory=list, repr=False)
-    credential_ttl: Duration = 24 * 3600.0
+    credential_ttl: Annotated[Duration, Field(gt=0)] = 24 * 3600.0
 
     discovery_interval: Duration = 5 * 60.0
     auto_remediate: bool = False

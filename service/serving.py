@@ -147,12 +147,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def serve_forever(
     settings: Settings, *, host: str, port: int, worker: bool, migrate: bool, extra: list[Background] | None = None
 ) -> None:
+    # The API seals nothing itself, but it opens: reveals, webhook secrets and the dashboard's
+    # session all need the key, so an API-only process without one is refused at start.
+    settings.require_secret_key()
     if migrate:
         upgrade(settings.database_url)
     sock = bind_socket(host, port)
     with sandbox_for(settings) as effective:
         if worker:
-            effective.require_secret_key()
             if not effective.ps_server:
                 effective.require_endpoint()
         else:

@@ -43,8 +43,11 @@ async def allowed_domains(runtime: Runtime) -> list[str]:
 async def open_case(
     runtime: Runtime, body: CaseCreate, *, actor: str, principal_id: str, key: str | None = None
 ) -> Stored:
-    """Validate the domain, then create the case (or replay an idempotent create) and wake the worker."""
-    check_domain(body.mailbox, await allowed_domains(runtime))
+    """Replay an idempotent create, or validate the domain, create the case and wake the worker.
+
+    The replay comes first: a client retrying after a lost response must get the original
+    answer even if the tenant is unreachable now or the allowed domains changed since.
+    """
     idempotency = None
     if key is not None:
         if not _IDEMPOTENCY.match(key):
@@ -52,6 +55,9 @@ async def open_case(
         idempotency = IdempotencyRequest(
             principal=principal_id, key=key, request_hash=request_hash(body.model_dump(mode="json"))
         )
+        if (earlier := await cases.replay(runtime.db, idempotency)) is not None:
+            return earlier
+    check_domain(body.mailbox, await allowed_domains(runtime))
     new = NewCase(
         mailbox=body.mailbox,
         ticket_ref=body.ticket_ref,

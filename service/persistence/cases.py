@@ -323,6 +323,12 @@ async def _replay(session: AsyncSession, idempotency: IdempotencyRequest) -> Sto
     return Stored(status_code=record.status_code, body=dict(record.response), location=record.location, replayed=True)
 
 
+async def replay(db: Database, idempotency: IdempotencyRequest) -> Stored | None:
+    """The stored answer to an earlier create with this key, or None if the key is new."""
+    async with db.read() as session:
+        return await _replay(session, idempotency)
+
+
 Render = Callable[[CaseSnapshot], tuple[dict[str, Any], str]]
 
 

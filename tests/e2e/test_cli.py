@@ -39,6 +39,16 @@ def test_help_works_everywhere(command: list[str]) -> None:
     assert "Usage" in result.output
 
 
+@pytest.mark.parametrize("command", [[], ["keys"], ["case"], ["audit"]], ids=lambda c: " ".join(c) or "unblock")
+def test_a_group_alone_prints_its_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """`unblock keys` with no subcommand: the help as written (not squeezed into one line), status 2."""
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Usage: unblock")
+    assert "Commands:" in err
+    assert err.count("\n") > 5
+
+
 def test_migrate_then_keys_lifecycle(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """migrate, keys create (key alone on the last line), keys list (never the key), keys revoke."""
     monkeypatch.setenv("UNBLOCK_DATABASE_URL", database_url)
@@ -101,6 +111,18 @@ def test_bad_configuration_is_one_line_and_status_2(
     assert main(["migrate"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("unblock: configuration error: UNBLOCK_PS_POOL_SIZE")
+    assert err.count("\n") == 1
+
+
+def test_an_api_only_process_without_a_secret_key_is_refused(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`serve --no-worker` opens what the worker sealed (reveals, webhook secrets): no key, no start."""
+    monkeypatch.setenv("UNBLOCK_DATABASE_URL", database_url)
+    monkeypatch.delenv("UNBLOCK_SECRET_KEY", raising=False)
+    assert main(["serve", "--no-worker", "--no-migrate", "--port", str(free_port())]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unblock: configuration error: UNBLOCK_SECRET_KEY"), err
     assert err.count("\n") == 1
 
 

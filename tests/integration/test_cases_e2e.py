@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -193,6 +194,19 @@ async def test_duplicate_and_idempotent_creates(stack: Stack) -> None:
     duplicate = await stack.client.post("/v1/cases", json={"mailbox": "Rob@Contoso.com"})
     assert duplicate.status_code == 409
     assert duplicate.json()["case_id"] == first.json()["id"]
+    # The tenant's accepted domains change (as seen through the cache): a new create is refused,
+    # but a client retrying after a lost response still gets its original answer.
+    saved = stack.runtime.domain_cache
+    stack.runtime.domain_cache = (time.monotonic(), ["fabrikam.com"])
+    try:
+        retried = await stack.client.post("/v1/cases", json=body, headers={"Idempotency-Key": "req-1"})
+        assert retried.status_code == 201, retried.text
+        assert retried.json() == first.json()
+        fresh = await stack.client.post("/v1/cases", json=body, headers={"Idempotency-Key": "req-2"})
+        assert fresh.status_code == 422
+        assert fresh.json()["type"] == "/problems/foreign_mailbox"
+    finally:
+        stack.runtime.domain_cache = saved
     await stack.wait_for(first.json()["id"])
 
 

@@ -80,6 +80,9 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("UNBLOCK_DATABASE_URL", "mysql://x", "UNBLOCK_DATABASE_URL"),
         ("UNBLOCK_PS_CERT_VALIDATION", "/no/such/bundle.pem", "UNBLOCK_PS_CERT_VALIDATION"),
         ("UNBLOCK_PS_POOL_SIZE", "0", "UNBLOCK_PS_POOL_SIZE"),
+        ("UNBLOCK_RECHECK_INTERVAL", "0", "UNBLOCK_RECHECK_INTERVAL"),
+        ("UNBLOCK_PS_CALL_TIMEOUT", "0s", "UNBLOCK_PS_CALL_TIMEOUT"),
+        ("UNBLOCK_CREDENTIAL_TTL", "0", "UNBLOCK_CREDENTIAL_TTL"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(
