@@ -65,7 +65,11 @@ class WebhookDispatcher:
         self.signal.notify()
 
     async def start(self) -> None:
-        self.runtime.events.listeners.append(lambda _: self.poke())
+        if not self.runtime.db.is_postgres:
+            # SQLite has no NOTIFY: every change published in this process may have made a
+            # delivery. On PostgreSQL the outbox notifies only when it did, so a case's steps
+            # (which mostly fan out to nobody) do not each cost this loop two transactions.
+            self.runtime.events.listeners.append(lambda _: self.poke())
         self._client = httpx.AsyncClient(
             timeout=self.timeout, headers={"User-Agent": USER_AGENT}, follow_redirects=False
         )

@@ -58,10 +58,15 @@ async def emit(
             )
         )
     if wanted:
-        connection = await session.connection()
-        if connection.dialect.name == "postgresql":
-            await connection.execute(text("SELECT pg_notify(:c, '')"), {"c": WEBHOOK_CHANNEL})
+        await notify_deliveries(session)
     return event
+
+
+async def notify_deliveries(session: AsyncSession) -> None:
+    """Wake every process's webhook dispatcher when this transaction commits (PostgreSQL)."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_notify(:c, '')"), {"c": WEBHOOK_CHANNEL})
 
 
 async def case_events(session: AsyncSession, *, case: CaseSnapshot, at: datetime, previous_state: str | None) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, func, select, update
 
 from service.errors import NotFound, WebhookNotFound
-from service.persistence import audit
+from service.persistence import audit, outbox
 from service.persistence.db import Database
 from service.persistence.models import OutboxEvent, WebhookDelivery, WebhookSubscription
 
@@ -180,6 +180,7 @@ async def redeliver(db: Database, *, subscription_id: str, delivery_id: int, act
         row.created_at = now  # a fresh retry window
         row.lease_owner = row.lease_expires_at = None
         session.add(row)
+        await outbox.notify_deliveries(session)  # the dispatcher may run in another process
         await audit.append(
             session,
             at=now,
