@@ -7,6 +7,7 @@ call log that proves what reached the tenant.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,7 +21,21 @@ from starlette.types import Receive, Scope, Send
 from service.sandbox.shells import ShellRegistry
 from service.sandbox.tenant import FAULT_KINDS, Tenant
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+_LOCAL_NAMES = {"localhost", "testclient"}  # the latter: Starlette's in-process test client
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and IPv4 loopback written as an IPv6-mapped address (dual-stack sockets)."""
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -162,7 +177,7 @@ class LoopbackOnly:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
-        if scope["type"] == "http" and (client is None or client[0] not in LOOPBACK):
+        if scope["type"] == "http" and (client is None or not is_loopback(client[0])):
             response = _error(403, "the sandbox control API answers loopback clients only")
             await response(scope, receive, send)
             return

@@ -172,11 +172,24 @@ def test_control_api_refuses_bad_input(control: httpx.Client, path: str, body: d
     assert response.json()["error"]
 
 
-async def test_control_api_is_loopback_only() -> None:
-    """A client from another machine is refused 403."""
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("10.1.2.3", 403),
+        ("::ffff:10.1.2.3", 403),
+        ("fe80::1", 403),
+        ("not-an-address", 403),
+        ("127.0.0.1", 200),
+        ("127.0.0.2", 200),
+        ("::1", 200),
+        ("::ffff:127.0.0.1", 200),
+    ],
+)
+async def test_control_api_is_loopback_only(host: str, status: int) -> None:
+    """A client from another machine is refused 403; every loopback form is let in."""
     tenant = Tenant("demo")
     app = LoopbackOnly(build_control_app(tenant, ShellRegistry(tenant)))
-    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 5555))
+    transport = httpx.ASGITransport(app=app, client=(host, 5555))
     async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
         response = await client.get("/_sandbox/state")
-    assert response.status_code == 403
+    assert response.status_code == status
