@@ -37,7 +37,7 @@ unit: install
 	$(BIN)/pytest tests/unit -q
 
 demo: install
-	$(BIN)/python -m service.demo
+	$(BIN)/python -m service.demo $(DEMO_ARGS)
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -171,23 +171,23 @@ class Settings(BaseSettings):
     log_format: LogFormat | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    retry_initial: Duration = 2.0
-    retry_max: Duration = 300.0
+    retry_initial: Annotated[Duration, Field(gt=0)] = 2.0
+    retry_max: Annotated[Duration, Field(gt=0)] = 300.0
     retry_attempts: int = Field(default=6, ge=1, le=100)
     retry_outage_attempts: int = Field(default=288, ge=1, le=100_000)
     ps_breaker_threshold: int = Field(default=5, ge=1, le=1000)
-    ps_breaker_interval: Duration = 10.0
+    ps_breaker_interval: Annotated[Duration, Field(gt=0)] = 10.0
 
-    worker_lease: Duration = 60.0
+    worker_lease: Annotated[Duration, Field(gt=0)] = 60.0
     worker_poll_interval: Duration | None = Field(
         default=None, description="fallback poll; default 30s on PostgreSQL (NOTIFY wakes workers), 2s on SQLite"
     )
     worker_concurrency: int | None = Field(default=None, ge=1, le=256)
 
-    webhook_timeout: Duration = 10.0
-    webhook_max_age: Duration = 24 * 3600.0
-    webhook_retry_initial: Duration = 5.0
-    webhook_retry_max: Duration = 3600.0
+    webhook_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    webhook_max_age: Annotated[Duration, Field(gt=0)] = 24 * 3600.0
+    webhook_retry_initial: Annotated[Duration, Field(gt=0)] = 5.0
+    webhook_retry_max: Annotated[Duration, Field(gt=0)] = 3600.0
     webhook_allow_http: bool = Field(default=False, description="allow http:// receivers beyond loopback")
 
     rate_limit: str = "600/minute"

@@ -20,6 +20,7 @@ class Receiver:
     port: int = 0
     status: int = 200
     received: list[Received] = field(default_factory=list)
+    attempts: int = 0  # every POST, answered with ``status`` whatever it was
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -35,6 +36,7 @@ class Receiver:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 with receiver._lock:
+                    receiver.attempts += 1
                     code = receiver.status
                     if code < 300:
                         receiver.received.append(

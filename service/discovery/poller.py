@@ -92,5 +92,5 @@ class Discovery:
             if sighting.case_id:
                 self.runtime.events.publish(sighting.case_id)
         if any(s.reported for s in sightings):
-            self.runtime.events.publish("*discovery*")  # wakes webhook delivery in this process
+            self.runtime.events.publish("*discovery*")  # SQLite's webhook wake-up (PostgreSQL: NOTIFY)
         return sightings

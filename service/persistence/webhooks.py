@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists
+from sqlalchemy import and_, case, exists
 from sqlalchemy.orm import aliased
 from sqlmodel import col, func, select, update
 
-from service.errors import NotFound, WebhookNotFound
+from service.errors import Conflict, NotFound, WebhookNotFound
 from service.persistence import audit, outbox
 from service.persistence.db import Database
 from service.persistence.models import OutboxEvent, WebhookDelivery, WebhookSubscription
@@ -172,10 +172,17 @@ async def list_deliveries(
 
 
 async def redeliver(db: Database, *, subscription_id: str, delivery_id: int, actor: str, now: datetime) -> None:
+    """Queue a dead-lettered delivery again; anything else would send an event twice or to a
+    subscription that was deleted."""
     async with db.write() as session:
+        subscription = await session.get(WebhookSubscription, subscription_id)
+        if subscription is None or subscription.deleted_at is not None:
+            raise WebhookNotFound(f"no webhook subscription has id {subscription_id}")
         row = await session.get(WebhookDelivery, delivery_id)
         if row is None or row.subscription_id != subscription_id:
             raise NotFound(f"subscription {subscription_id} has no delivery {delivery_id}")
+        if row.status != "dead":
+            raise Conflict(f"only a dead delivery can be redelivered; delivery {delivery_id} is {row.status}")
         row.status, row.attempts, row.next_attempt_at = "pending", 0, now
         row.created_at = now  # a fresh retry window
         row.lease_owner = row.lease_expires_at = None
@@ -191,10 +198,10 @@ async def redeliver(db: Database, *, subscription_id: str, delivery_id: int, act
         )
 
 
-async def claim_due(db: Database, *, worker_id: str, now: datetime, lease: float, limit: int) -> list[DueDelivery]:
-    """Due deliveries whose earlier events (same subscription, same case) are already out."""
+def _waiting_behind_an_earlier_delivery() -> Any:
+    """A pending delivery whose subscription still owes the same case an earlier event."""
     earlier = aliased(WebhookDelivery)
-    blocked = exists().where(
+    return exists().where(
         and_(
             col(earlier.subscription_id) == col(WebhookDelivery.subscription_id),
             col(earlier.ordering_key) == col(WebhookDelivery.ordering_key),
@@ -202,6 +209,11 @@ async def claim_due(db: Database, *, worker_id: str, now: datetime, lease: float
             col(earlier.status) == "pending",
         )
     )
+
+
+async def claim_due(db: Database, *, worker_id: str, now: datetime, lease: float, limit: int) -> list[DueDelivery]:
+    """Due deliveries whose earlier events (same subscription, same case) are already out."""
+    blocked = _waiting_behind_an_earlier_delivery()
     free = (col(WebhookDelivery.lease_expires_at).is_(None)) | (col(WebhookDelivery.lease_expires_at) < now)
     due = (
         select(WebhookDelivery.id)
@@ -278,9 +290,21 @@ async def record_outcome(
 
 
 async def next_due_at(db: Database) -> datetime | None:
+    """When :func:`claim_due` could next return something, by the same rules it applies.
+
+    A delivery waiting behind an earlier one for the same case is not counted (the earlier one
+    decides), and one leased by a dispatcher counts from its lease's end: otherwise a failing
+    receiver's backlog, or a delivery in flight elsewhere, would look due now and the
+    dispatcher would spin on empty claims.
+    """
+    lease_end = col(WebhookDelivery.lease_expires_at)
+    attempt = col(WebhookDelivery.next_attempt_at)
+    ready_at = case((lease_end.is_not(None) & (lease_end > attempt), lease_end), else_=attempt)
     async with db.read() as session:
         return (
             await session.exec(
-                select(func.min(WebhookDelivery.next_attempt_at)).where(col(WebhookDelivery.status) == "pending")
+                select(func.min(ready_at)).where(
+                    col(WebhookDelivery.status) == "pending", ~_waiting_behind_an_earlier_delivery()
+                )
             )
         ).first()

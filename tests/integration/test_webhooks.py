@@ -6,11 +6,13 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from service.persistence import webhooks
 from service.sandbox.server import SandboxServer
 from tests.receiver import Receiver
 from tests.stack import Stack, running_stack
@@ -144,6 +146,44 @@ async def test_dead_letters_and_redelivery(database_url: str, sandbox: SandboxSe
         assert redeliver.status_code == 202
         await _until(lambda: len(receiver.received) == 1, "the redelivery")
         assert _verified(receiver, subscription["secret"])[0]["type"] == "case.created"
+        # Delivered now: queuing it again would send the event twice.
+        again = await stack.client.post(f"/v1/webhooks/{hook_id}/deliveries/{letters[0]['id']}/redeliver")
+        assert again.status_code == 409, again.text
+        assert (await stack.client.delete(f"/v1/webhooks/{hook_id}")).status_code == 204
+        gone = await stack.client.post(f"/v1/webhooks/{hook_id}/deliveries/{letters[0]['id']}/redeliver")
+        assert gone.status_code == 404, gone.text
+
+
+async def test_a_failing_receivers_backlog_does_not_look_due(
+    database_url: str, sandbox: SandboxServer, receiver: Receiver
+) -> None:
+    """The dispatcher sleeps until the first undelivered event of a case may be retried.
+
+    Later events of that case wait behind it; if they counted as due, the dispatcher would wake
+    at once, claim nothing, and spin on empty transactions until the receiver came back.
+    """
+    receiver.status = 503
+    async with running_stack(database_url, sandbox, webhook_retry_initial=60, webhook_retry_max=60) as stack:
+        subscription = await _subscribe(stack, receiver.url, ["*"])
+        case = await stack.open("ann@contoso.com")
+        await stack.wait_for(case["id"])
+        await _until(lambda: receiver.attempts >= 1, "the first attempt")
+
+        async def pending() -> list[dict[str, Any]]:
+            response = await stack.client.get(
+                f"/v1/webhooks/{subscription['id']}/deliveries", params={"status": "pending"}
+            )
+            return list(response.json()["items"])
+
+        backlog = await pending()
+        assert len(backlog) >= 3, backlog  # created, the state changes, resolved: all behind the first
+        await asyncio.sleep(1.0)
+        assert receiver.attempts == 1, "a later event overtook the failed one, or it was retried at once"
+        due = await webhooks.next_due_at(stack.runtime.db)
+        assert due is not None
+        if due.tzinfo is None:
+            due = due.replace(tzinfo=UTC)
+        assert due > datetime.now(UTC) + timedelta(seconds=30), due
 
 
 async def test_subscription_management(database_url: str, sandbox: SandboxServer, receiver: Receiver) -> None:

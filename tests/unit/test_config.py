@@ -83,6 +83,10 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("UNBLOCK_RECHECK_INTERVAL", "0", "UNBLOCK_RECHECK_INTERVAL"),
         ("UNBLOCK_PS_CALL_TIMEOUT", "0s", "UNBLOCK_PS_CALL_TIMEOUT"),
         ("UNBLOCK_CREDENTIAL_TTL", "0", "UNBLOCK_CREDENTIAL_TTL"),
+        ("UNBLOCK_WORKER_LEASE", "0s", "UNBLOCK_WORKER_LEASE"),
+        ("UNBLOCK_WEBHOOK_RETRY_INITIAL", "0", "UNBLOCK_WEBHOOK_RETRY_INITIAL"),
+        ("UNBLOCK_WEBHOOK_TIMEOUT", "0", "UNBLOCK_WEBHOOK_TIMEOUT"),
+        ("UNBLOCK_RETRY_INITIAL", "0", "UNBLOCK_RETRY_INITIAL"),
     ],
 )
 def test_bad_values_name_the_variable_in_one_line(

@@ -291,8 +291,8 @@ async def list_deliveries(
     "/{webhook_id}/deliveries/{delivery_id}/redeliver",
     status_code=202,
     summary="Redeliver",
-    description="Queues a (dead) delivery again with a fresh retry window. Requires `admin`.",
-    responses={**NOT_FOUND, **COMMON_PROBLEMS},
+    description="Queues a dead delivery again with a fresh retry window (409 for any other status). Requires `admin`.",
+    responses={**NOT_FOUND, 409: problem_doc("the delivery is not dead"), **COMMON_PROBLEMS},
     openapi_extra=scope_doc("admin"),
 )
 async def redeliver(
@@ -304,5 +304,5 @@ async def redeliver(
     await webhooks.redeliver(
         runtime.db, subscription_id=webhook_id, delivery_id=delivery_id, actor=principal.actor, now=runtime.clock()
     )
-    runtime.events.publish("*webhooks*")
+    runtime.events.publish("*webhooks*")  # SQLite's wake-up; on PostgreSQL the NOTIFY wakes every process
     return Response(status_code=202)
