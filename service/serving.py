@@ -78,12 +78,19 @@ def sandbox_for(settings: Settings) -> Iterator[Settings]:
 def build_gateway(settings: Settings) -> PowerShellBridge | None:
     if not settings.ps_server:
         return None
-    if settings.ps_connect_in_session and not (settings.tenant_app_id and settings.tenant_organization):
-        raise SettingsError(
-            "UNBLOCK_TENANT_APP_ID: required with UNBLOCK_TENANT_ORGANIZATION and UNBLOCK_TENANT_CERT_THUMBPRINT "
-            "for app-only Connect-ExchangeOnline (or set UNBLOCK_PS_CONNECT_IN_SESSION=false for a JEA endpoint "
-            "that connects itself)"
-        )
+    if settings.ps_connect_in_session:
+        needed = {
+            "UNBLOCK_TENANT_APP_ID": settings.tenant_app_id,
+            "UNBLOCK_TENANT_ORGANIZATION": settings.tenant_organization,
+            "UNBLOCK_TENANT_CERT_THUMBPRINT": settings.tenant_cert_thumbprint,
+        }
+        missing = [name for name, value in needed.items() if not value]
+        if missing:
+            raise SettingsError(
+                f"{missing[0]}: required for app-only Connect-ExchangeOnline and Connect-MgGraph (with "
+                f"{', '.join(n for n in needed if n != missing[0])}), or set UNBLOCK_PS_CONNECT_IN_SESSION=false "
+                "for a JEA endpoint that connects itself"
+            )
     return PowerShellBridge(settings)
 
 

@@ -136,3 +136,26 @@ def test_password_is_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings can be logged without leaking the remoting password or the sealing key."""
     monkeypatch.setenv("UNBLOCK_PS_PASSWORD", "hunter2-secret")
     assert "hunter2-secret" not in repr(load_settings())
+
+
+@pytest.mark.parametrize(
+    "missing", ["UNBLOCK_TENANT_APP_ID", "UNBLOCK_TENANT_ORGANIZATION", "UNBLOCK_TENANT_CERT_THUMBPRINT"]
+)
+def test_app_only_connect_names_the_missing_tenant_setting(missing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a PowerShell endpoint that must connect itself, each of the three tenant settings is required."""
+    from service.serving import build_gateway
+
+    values = {
+        "UNBLOCK_PS_SERVER": "runner.contoso.com",
+        "UNBLOCK_TENANT_APP_ID": "11111111-2222-3333-4444-555555555555",
+        "UNBLOCK_TENANT_ORGANIZATION": "contoso.onmicrosoft.com",
+        "UNBLOCK_TENANT_CERT_THUMBPRINT": "A" * 40,
+    }
+    for name, value in values.items():
+        if name != missing:
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv(missing, raising=False)
+    with pytest.raises(SettingsError, match=f"^{missing}: required"):
+        build_gateway(load_settings())
+    monkeypatch.setenv("UNBLOCK_PS_CONNECT_IN_SESSION", "false")
+    assert build_gateway(load_settings()) is not None
