@@ -8,10 +8,7 @@ afterwards.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,29 +23,21 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from service.persistence.db import sync_url
+from tests.helpers import UNBLOCK, Process, free_port, sandbox_env
 
-UNBLOCK = str(Path(sys.executable).with_name("unblock"))
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SECRET = "1" * 64
 SCOPES = ("cases:read", "cases:write", "cases:approve", "credentials:reveal", "senders:read", "admin")
 WORKDIR = Path(tempfile.gettempdir()) / "unblock-bench"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    """A child process with its output in a log file (printed if it dies early)."""
+class Proc(Process):
+    """A child process with its output in a log file (printed if it dies early), by name."""
 
     def __init__(self, argv: Sequence[str], *, env: dict[str, str], name: str) -> None:
         WORKDIR.mkdir(parents=True, exist_ok=True)
+        super().__init__(argv, env=env, log_path=WORKDIR / f"{name}.log", cwd=WORKDIR)
         self.name = name
-        self.log_path = WORKDIR / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(list(argv), env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=WORKDIR)
 
     @property
     def pid(self) -> int:
@@ -56,19 +45,6 @@ class Proc:
 
     def rss_mb(self) -> float:
         return psutil.Process(self.pid).memory_info().rss / 1e6
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
 
     def wait_http(self, url: str, *, timeout: float = 60, status: int | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -106,16 +82,7 @@ def service_env(database_url: str, sandbox_port: int, **extra: Any) -> dict[str,
     values = {
         "UNBLOCK_DATABASE_URL": database_url,
         "UNBLOCK_SECRET_KEY": SECRET,
-        "UNBLOCK_PS_SERVER": "127.0.0.1",
-        "UNBLOCK_PS_PORT": str(sandbox_port),
-        "UNBLOCK_PS_SSL": "false",
-        "UNBLOCK_PS_AUTH": "basic",
-        "UNBLOCK_PS_ENCRYPTION": "never",
-        "UNBLOCK_PS_USERNAME": "sandbox",
-        "UNBLOCK_PS_PASSWORD": "sandbox",
-        "UNBLOCK_TENANT_ORGANIZATION": "contoso.onmicrosoft.com",
-        "UNBLOCK_TENANT_APP_ID": "11111111-2222-3333-4444-555555555555",
-        "UNBLOCK_TENANT_CERT_THUMBPRINT": "A" * 40,
+        **sandbox_env(sandbox_port),
         "UNBLOCK_ALLOWED_DOMAINS": "contoso.com",
         "UNBLOCK_PROPAGATION_WAIT": "0",
         "UNBLOCK_DISCOVERY_INTERVAL": "0",

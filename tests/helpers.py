@@ -17,6 +17,22 @@ import httpx
 UNBLOCK = str(Path(sys.executable).with_name("unblock"))
 
 
+def sandbox_env(port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    """The UNBLOCK_* settings that point a service process at a sandbox tenant on ``host:port``."""
+    return {
+        "UNBLOCK_PS_SERVER": host,
+        "UNBLOCK_PS_PORT": str(port),
+        "UNBLOCK_PS_SSL": "false",
+        "UNBLOCK_PS_AUTH": "basic",
+        "UNBLOCK_PS_ENCRYPTION": "never",
+        "UNBLOCK_PS_USERNAME": "sandbox",
+        "UNBLOCK_PS_PASSWORD": "sandbox",
+        "UNBLOCK_TENANT_ORGANIZATION": "contoso.onmicrosoft.com",
+        "UNBLOCK_TENANT_APP_ID": "11111111-2222-3333-4444-555555555555",
+        "UNBLOCK_TENANT_CERT_THUMBPRINT": "A" * 40,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

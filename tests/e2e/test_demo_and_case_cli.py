@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import UNBLOCK, free_port, unblock_process, wait_http
+from tests.helpers import UNBLOCK, free_port, sandbox_env, unblock_process, wait_http
 
 
 def test_the_demo_resolves_rob(tmp_path: Path) -> None:
@@ -40,16 +40,7 @@ def test_case_open_watch_with_separate_processes(database_url: str, tmp_path: Pa
         env = {
             "UNBLOCK_DATABASE_URL": database_url,
             "UNBLOCK_SECRET_KEY": "0" * 64,
-            "UNBLOCK_PS_SERVER": "127.0.0.1",
-            "UNBLOCK_PS_PORT": str(sandbox_port),
-            "UNBLOCK_PS_SSL": "false",
-            "UNBLOCK_PS_AUTH": "basic",
-            "UNBLOCK_PS_ENCRYPTION": "never",
-            "UNBLOCK_PS_USERNAME": "sandbox",
-            "UNBLOCK_PS_PASSWORD": "sandbox",
-            "UNBLOCK_TENANT_ORGANIZATION": "contoso.onmicrosoft.com",
-            "UNBLOCK_TENANT_APP_ID": "11111111-2222-3333-4444-555555555555",
-            "UNBLOCK_TENANT_CERT_THUMBPRINT": "A" * 40,
+            **sandbox_env(sandbox_port),
             "UNBLOCK_PROPAGATION_WAIT": "1s",
             "UNBLOCK_RECHECK_INTERVAL": "0.5s",
             "UNBLOCK_WORKER_POLL_INTERVAL": "0.5",

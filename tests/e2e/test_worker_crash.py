@@ -17,7 +17,7 @@ from service.persistence.cases import NewCase
 from service.persistence.db import Database
 from service.persistence.types import utcnow
 from service.sandbox.server import SandboxServer
-from tests.helpers import unblock_process, wait_until
+from tests.helpers import sandbox_env, unblock_process, wait_until
 
 
 @pytest.fixture
@@ -30,18 +30,9 @@ def worker_env(database_url: str, sandbox: SandboxServer) -> dict[str, str]:
     return {
         "UNBLOCK_DATABASE_URL": database_url,
         "UNBLOCK_SECRET_KEY": "0" * 64,
-        "UNBLOCK_PS_SERVER": sandbox.host,
-        "UNBLOCK_PS_PORT": str(sandbox.port),
-        "UNBLOCK_PS_SSL": "false",
-        "UNBLOCK_PS_AUTH": "basic",
-        "UNBLOCK_PS_ENCRYPTION": "never",
-        "UNBLOCK_PS_USERNAME": "sandbox",
-        "UNBLOCK_PS_PASSWORD": "sandbox",
+        **sandbox_env(sandbox.port, sandbox.host),
         "UNBLOCK_PS_POOL_SIZE": "1",
         "UNBLOCK_PS_OPERATION_TIMEOUT": "1",
-        "UNBLOCK_TENANT_ORGANIZATION": "contoso.onmicrosoft.com",
-        "UNBLOCK_TENANT_APP_ID": "11111111-2222-3333-4444-555555555555",
-        "UNBLOCK_TENANT_CERT_THUMBPRINT": "A" * 40,
         "UNBLOCK_WORKER_LEASE": "2s",
         "UNBLOCK_WORKER_POLL_INTERVAL": "0.5",
         "UNBLOCK_PROPAGATION_WAIT": "1s",

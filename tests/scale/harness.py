@@ -22,7 +22,7 @@ import psutil
 from sqlalchemy import create_engine, text
 
 from service.persistence.db import sync_url
-from tests.helpers import UNBLOCK, Process, free_port, wait_http, wait_until
+from tests.helpers import UNBLOCK, Process, free_port, sandbox_env, wait_http, wait_until
 
 SECRET = "0" * 64
 SCOPES = ("cases:read", "cases:write", "cases:approve", "credentials:reveal", "senders:read", "admin")
@@ -38,19 +38,10 @@ def env_for(database_url: str, sandbox_port: int, **extra: str) -> dict[str, str
     values = {
         "UNBLOCK_DATABASE_URL": database_url,
         "UNBLOCK_SECRET_KEY": SECRET,
-        "UNBLOCK_PS_SERVER": "127.0.0.1",
-        "UNBLOCK_PS_PORT": str(sandbox_port),
-        "UNBLOCK_PS_SSL": "false",
-        "UNBLOCK_PS_AUTH": "basic",
-        "UNBLOCK_PS_ENCRYPTION": "never",
-        "UNBLOCK_PS_USERNAME": "sandbox",
-        "UNBLOCK_PS_PASSWORD": "sandbox",
+        **sandbox_env(sandbox_port),
         "UNBLOCK_PS_POOL_SIZE": "4",
         "UNBLOCK_PS_CALL_TIMEOUT": "10",
         "UNBLOCK_PS_OPERATION_TIMEOUT": "1",
-        "UNBLOCK_TENANT_ORGANIZATION": "contoso.onmicrosoft.com",
-        "UNBLOCK_TENANT_APP_ID": "11111111-2222-3333-4444-555555555555",
-        "UNBLOCK_TENANT_CERT_THUMBPRINT": "A" * 40,
         "UNBLOCK_ALLOWED_DOMAINS": "contoso.com",
         "UNBLOCK_PROPAGATION_WAIT": "1s",
         "UNBLOCK_RECHECK_INTERVAL": "0.5s",
