@@ -43,6 +43,9 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# A wait that must not be zero: zero would mean a hot loop (retries, re-checks) or a timeout
+# that every call hits.
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 def _split_list(value: Any) -> Any:
@@ -135,7 +138,7 @@ class Settings(BaseSettings):
     ps_cert_validation: Annotated[bool | str, BeforeValidator(_cert_validation)] = True
     ps_configuration_name: str = "Microsoft.PowerShell"
     ps_pool_size: int = Field(default=4, ge=1, le=64)
-    ps_call_timeout: Annotated[Duration, Field(gt=0)] = 120.0
+    ps_call_timeout: PositiveDuration = 120.0
     ps_open_lazily: bool = False
     ps_connect_in_session: bool = Field(
         default=True,
@@ -159,11 +162,11 @@ class Settings(BaseSettings):
     allowed_domains: CommaList = Field(default_factory=list)
 
     propagation_wait: Duration = 4 * 3600.0
-    recheck_interval: Annotated[Duration, Field(gt=0)] = 15 * 60.0
+    recheck_interval: PositiveDuration = 15 * 60.0
     require_approval: bool = False
 
     secret_key: CommaList = Field(default_factory=list, repr=False)
-    credential_ttl: Annotated[Duration, Field(gt=0)] = 24 * 3600.0
+    credential_ttl: PositiveDuration = 24 * 3600.0
 
     discovery_interval: Duration = 5 * 60.0
     auto_remediate: bool = False
@@ -171,23 +174,23 @@ class Settings(BaseSettings):
     log_format: LogFormat | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    retry_initial: Annotated[Duration, Field(gt=0)] = 2.0
-    retry_max: Annotated[Duration, Field(gt=0)] = 300.0
+    retry_initial: PositiveDuration = 2.0
+    retry_max: PositiveDuration = 300.0
     retry_attempts: int = Field(default=6, ge=1, le=100)
     retry_outage_attempts: int = Field(default=288, ge=1, le=100_000)
     ps_breaker_threshold: int = Field(default=5, ge=1, le=1000)
-    ps_breaker_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    ps_breaker_interval: PositiveDuration = 10.0
 
-    worker_lease: Annotated[Duration, Field(gt=0)] = 60.0
+    worker_lease: PositiveDuration = 60.0
     worker_poll_interval: Duration | None = Field(
         default=None, description="fallback poll; default 30s on PostgreSQL (NOTIFY wakes workers), 2s on SQLite"
     )
     worker_concurrency: int | None = Field(default=None, ge=1, le=256)
 
-    webhook_timeout: Annotated[Duration, Field(gt=0)] = 10.0
-    webhook_max_age: Annotated[Duration, Field(gt=0)] = 24 * 3600.0
-    webhook_retry_initial: Annotated[Duration, Field(gt=0)] = 5.0
-    webhook_retry_max: Annotated[Duration, Field(gt=0)] = 3600.0
+    webhook_timeout: PositiveDuration = 10.0
+    webhook_max_age: PositiveDuration = 24 * 3600.0
+    webhook_retry_initial: PositiveDuration = 5.0
+    webhook_retry_max: PositiveDuration = 3600.0
     webhook_allow_http: bool = Field(default=False, description="allow http:// receivers beyond loopback")
 
     rate_limit: str = "600/minute"

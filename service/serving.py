@@ -154,8 +154,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def serve_forever(
     settings: Settings, *, host: str, port: int, worker: bool, migrate: bool, extra: list[Background] | None = None
 ) -> None:
-    # The API seals nothing itself, but it opens: reveals, webhook secrets and the dashboard's
-    # session all need the key, so an API-only process without one is refused at start.
+    # Not only the worker needs the key: the API seals webhook secrets and opens temporary
+    # passwords (reveal) and the dashboard's session, so no process starts without one.
     settings.require_secret_key()
     if migrate:
         upgrade(settings.database_url)
