@@ -4,11 +4,18 @@
 
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+# The image holds exactly what uv.lock says: uv (pinned and hash-checked, as `make` installs it)
+# exports the lock's runtime packages with their hashes, and pip fetches and checks them.
+COPY requirements-uv.txt ./
+RUN pip install --no-cache-dir --require-hashes --only-binary :all: --no-deps -r requirements-uv.txt
+COPY pyproject.toml uv.lock ./
+RUN uv export --frozen --no-emit-project --no-header --format requirements-txt > requirements.txt \
+ && pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements.txt
+COPY README.md alembic.ini ./
 COPY alembic ./alembic
 COPY ps_scripts ./ps_scripts
 COPY service ./service
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.12-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,7 +25,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 unblock \
  && useradd --system --uid 10001 --gid unblock --home-dir /var/lib/unblock --create-home --shell /usr/sbin/nologin unblock
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# --no-deps: the wheels are the whole set (the lock's runtime packages and the service); pip check
+# proves it.
+RUN pip install --no-cache-dir --no-index --no-deps /wheels/*.whl && rm -rf /wheels && pip check
 USER unblock:unblock
 WORKDIR /var/lib/unblock
 EXPOSE 8000

@@ -26,8 +26,16 @@ _BUILD: dict[str, Callable[[str], c.Invocation]] = {
     c.REVOKE_SESSIONS.name: lambda upn: c.REVOKE_SESSIONS(UserId=upn),
     c.GET_MG_USER.name: lambda upn: c.GET_MG_USER(UserId=upn, Property=["Id", "UserPrincipalName"]),
     c.GET_BLOCKED_SENDER.name: lambda upn: c.GET_BLOCKED_SENDER(SenderAddress=upn),
-    c.REMOVE_BLOCKED_SENDER.name: lambda upn: c.REMOVE_BLOCKED_SENDER(
-        SenderAddress=upn, Confirm=False, Reason="baseline"
+    c.REMOVE_BLOCKED_SENDER.name: lambda upn: c.REMOVE_BLOCKED_SENDER(SenderAddress=upn, Reason="baseline"),
+    c.GET_ACCEPTED_DOMAIN.name: lambda upn: c.GET_ACCEPTED_DOMAIN(),
+    # the investigation's reads, as the bridge sends them (the consent read with a made-up object id)
+    c.GET_INBOX_RULE.name: lambda upn: c.GET_INBOX_RULE(Mailbox=upn, IncludeHidden=True),
+    c.GET_MAILBOX.name: lambda upn: c.GET_MAILBOX(Identity=upn),
+    c.GET_MAILBOX_PERMISSION.name: lambda upn: c.GET_MAILBOX_PERMISSION(Identity=upn),
+    c.GET_RECIPIENT_PERMISSION.name: lambda upn: c.GET_RECIPIENT_PERMISSION(Identity=upn),
+    c.GET_AUTH_METHODS.name: lambda upn: c.GET_AUTH_METHODS(UserId=upn, All=True),
+    c.GET_OAUTH_GRANTS.name: lambda upn: c.GET_OAUTH_GRANTS(
+        Filter="principalId eq '00000000-0000-0000-0000-000000000000'", All=True
     ),
 }
 

@@ -8,9 +8,12 @@ most one open case per mailbox.
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, text
+from sqlalchemy.engine import Connection
 
+from service.persistence import snapshots
 from service.persistence.db import sync_url
+from service.persistence.records import case_document, render_document
 
 STEPS = ("reset_password", "revoke_sessions", "check_restriction", "unblock", "verify", "propagation")
 
@@ -79,6 +82,8 @@ def seed_cases(database_url: str, *, total: int, open_cases: int, prefix: str = 
             connection.execute(text(_STEPS), {"prefix": prefix, "names": list(STEPS)})
             connection.execute(text(_EVENTS), {"prefix": prefix})
         with engine.begin() as connection:
+            _store_documents(connection, prefix)
+        with engine.begin() as connection:
             connection.execute(text("ANALYZE cases"))
             connection.execute(text("ANALYZE case_steps"))
             connection.execute(text("ANALYZE case_events"))
@@ -88,3 +93,22 @@ def seed_cases(database_url: str, *, total: int, open_cases: int, prefix: str = 
             return [r[0] for r in rows]
     finally:
         engine.dispose()
+
+
+_STORE = text("UPDATE cases SET document = :document WHERE id = :id")
+
+
+def _store_documents(connection: Connection, prefix: str, batch: int = 2000) -> None:
+    """Each seeded case's stored document, rendered by the service's own code (as its writer does)."""
+    ids = [r[0] for r in connection.execute(text("SELECT id FROM cases WHERE id LIKE :p || '%'"), {"p": prefix})]
+    rows_of = snapshots.CASE_ROWS.where(snapshots.CASES.c.id.in_(bindparam("ids", expanding=True)))
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        steps: dict[str, list[object]] = {i: [] for i in chunk}
+        for step in connection.execute(snapshots.STEPS_OF, {"ids": chunk}):
+            steps[step.case_id].append(step)
+        documents = [
+            {"id": row.id, "document": render_document(case_document(snapshots.snapshot_of(row, steps[row.id])))}
+            for row in connection.execute(rows_of, {"ids": chunk})
+        ]
+        connection.execute(_STORE, documents)

@@ -15,7 +15,10 @@
 
     It takes no input from the caller. Exchange Online loads only the commands the service uses
     (-CommandName; EXCHANGE_COMMANDS in service/powershell/commands.py): those the role capability
-    exposes, and Set-Mailbox, which only the Clear-UnblockForwarding wrapper calls.
+    exposes (the investigation's read-only Get-Mailbox, Get-MailboxPermission and
+    Get-RecipientPermission included), and Set-Mailbox, which only the Clear-UnblockForwarding
+    wrapper calls. The Graph commands need no such list: the role capability imports their
+    modules after this script has signed in.
 
     Exchange Online is connected before Microsoft Graph is loaded: the two modules ship their own
     copies of the Microsoft identity libraries, and on Windows PowerShell 5.1 the first copy loaded
@@ -61,7 +64,10 @@
             'Remove-BlockedSenderAddress',
             'Set-Mailbox',
             'Get-InboxRule',
-            'Disable-InboxRule'
+            'Disable-InboxRule',
+            'Get-Mailbox',
+            'Get-MailboxPermission',
+            'Get-RecipientPermission'
         )
         # No format data: nothing is formatted in a remoting session, and loading it is slow.
         SkipLoadingFormatData = $true

@@ -13,8 +13,9 @@
 
     It:
       1. installs, for all users and only if missing, the modules ExchangeOnlineManagement,
-         Microsoft.Graph.Authentication, Microsoft.Graph.Users and Microsoft.Graph.Users.Actions
-         (and, with -IncludeActiveDirectory, the RSAT ActiveDirectory module);
+         Microsoft.Graph.Authentication, Microsoft.Graph.Users, Microsoft.Graph.Users.Actions,
+         Microsoft.Graph.Identity.SignIns and Microsoft.Graph.Applications (and, with
+         -IncludeActiveDirectory, the RSAT ActiveDirectory module);
       2. imports the application certificate into Cert:\LocalMachine\My (with -CertificatePath),
          or checks that the certificate given by -CertificateThumbprint is there with its
          private key;
@@ -145,7 +146,9 @@ $RequiredModules = @(
     'ExchangeOnlineManagement',
     'Microsoft.Graph.Authentication',
     'Microsoft.Graph.Users',
-    'Microsoft.Graph.Users.Actions'
+    'Microsoft.Graph.Users.Actions',
+    'Microsoft.Graph.Identity.SignIns',
+    'Microsoft.Graph.Applications'
 )
 
 # --- helpers (they use this script's $PSCmdlet, so -WhatIf and -Confirm apply) --------------------

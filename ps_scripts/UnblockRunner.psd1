@@ -19,12 +19,13 @@
 # and Update-MgUser by name when they run, not when the .psm1 loads. The sign-in deliberately
 # stays in ScriptsToProcess rather than in the .psm1: it keeps its effects at session level, as
 # designed, and keeps the module's scope to the two functions.
-# Do not add the Microsoft.Graph modules to RequiredModules: they would be loaded before step 2,
-# i.e. before Exchange Online, which is the order that breaks sign-in on Windows PowerShell 5.1
-# (docs/runner-host.md, "Troubleshooting"). The role capability imports them after this module.
+# Do not add the Microsoft.Graph modules (Authentication, Users, Users.Actions, Identity.SignIns,
+# Applications) to RequiredModules: they would be loaded before step 2, i.e. before Exchange
+# Online, which is the order that breaks sign-in on Windows PowerShell 5.1 (docs/runner-host.md,
+# "Troubleshooting"). The role capability imports them after this module.
 @{
     RootModule        = 'UnblockRunner.psm1'
-    ModuleVersion     = '1.1.0'
+    ModuleVersion     = '1.2.0'
     GUID              = 'caa10261-1ff2-499d-9e29-4dc2794e15ae'
     Author            = 'unblock-service'
     CompanyName       = 'unblock-service'

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -20,6 +21,13 @@ from service import __version__
 from service.config import Settings, SettingsError, load_settings, parse_duration
 from service.errors import InvalidInput, NotFound, ServiceError
 from service.logging import configure as configure_logging
+
+if TYPE_CHECKING:
+    from service.domain.audit import Actor, AuditSigner, Head
+    from service.persistence.audit import ChainReport
+    from service.persistence.db import Database
+    from service.persistence.tenants import TenantRecord
+    from service.powershell.doctor import Doctor, Status
 
 T = TypeVar("T")
 
@@ -38,6 +46,8 @@ case_app = typer.Typer(help="Open, show and watch unblock cases.", no_args_is_he
 app.add_typer(case_app, name="case")
 audit_app = typer.Typer(help="Inspect and verify the audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+tenants_app = typer.Typer(help="The Microsoft 365 tenants the service acts on.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
 
 
 class CliError(Exception):
@@ -68,10 +78,21 @@ def settings_for_cli(**overrides: Any) -> Settings:
     return settings
 
 
-def _cli_actor() -> str:
+def _cli_actor() -> Actor:
+    """The operator, for the audit log: kind ``cli`` and the OS user running the command."""
     import getpass
 
-    return f"cli:{getpass.getuser()}"
+    from service.domain.audit import Actor
+
+    return Actor.cli(getpass.getuser())
+
+
+def _audit_signer(settings: Settings) -> AuditSigner:
+    """The audit keys, or one line naming the settings: commands that write or check the log need them."""
+    from service.domain.audit import AuditSigner
+
+    settings.require_audit_key()
+    return AuditSigner.from_secrets(settings.audit_keys)
 
 
 def _version(value: bool) -> None:
@@ -95,7 +116,7 @@ def migrate() -> None:
     from service.persistence.migrate import current_revision, upgrade
 
     settings = settings_for_cli()
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, audit_keys=settings.audit_keys)
     typer.echo(f"database at revision {current_revision(settings.database_url)}")
 
 
@@ -131,7 +152,7 @@ def worker(
     settings.require_secret_key()
     settings.require_endpoint()
     if not no_migrate:
-        upgrade(settings.database_url)
+        upgrade(settings.database_url, audit_keys=settings.audit_keys)
     run(run_worker(settings, concurrency=concurrency))
 
 
@@ -167,6 +188,163 @@ def sandbox(
         server.close()
 
 
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON (for automation).")] = False,
+    mailbox: Annotated[
+        str | None, typer.Option(help="An address to read in the probes (default: a made-up one in your domain).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=1, max=600, help="Seconds to wait for the endpoint.")] = 60.0,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", help="Check only this tenant; repeat for several (default: every enabled tenant)."),
+    ] = None,
+) -> None:
+    """Check the PowerShell endpoint before the first case: commands, parameters, read-only probes, permissions.
+
+    Every enabled tenant is checked (or only the --tenant ones), each connected as its own gateway
+    would connect. Exit 0 when everything the service needs is there for each, 1 otherwise.
+    """
+    import json
+
+    from service.powershell.doctor import Doctor, report
+
+    settings = settings_for_cli()
+    results: list[tuple[TenantRecord, Doctor]] = []
+    for target in _doctor_targets(settings, tenant or []):
+        checker = Doctor(target.settings, timeout=timeout, mailbox=mailbox)
+        if target.problem is None:
+            checker.run()
+        else:
+            checker.add(*target.problem)
+        results.append((target.tenant, checker))
+    passed = all(checker.passed for _, checker in results)
+    if as_json:
+        if len(results) == 1:  # the shape from before tenants, which automation already reads
+            body: dict[str, Any] = {"passed": passed, "checks": report(results[0][1].checks)}
+        else:
+            body = {
+                "passed": passed,
+                "tenants": [
+                    {"tenant": record.name, "passed": checker.passed, "checks": report(checker.checks)}
+                    for record, checker in results
+                ],
+            }
+        typer.echo(json.dumps(body, indent=2))
+    elif len(results) == 1:
+        _print_checks(results[0][1])
+    else:
+        for record, checker in results:
+            typer.echo(f"== tenant {record.name}" + (f" ({record.organization})" if record.organization else ""))
+            _print_checks(checker)
+            typer.echo("")
+        failed = [record.name for record, checker in results if not checker.passed]
+        typer.echo(
+            f"all checks passed in {len(results)} tenants"
+            if not failed
+            else f"{len(failed)} of {len(results)} tenants failed: {', '.join(failed)}"
+        )
+    if not passed:
+        raise typer.Exit(1)
+
+
+def _print_checks(checker: Doctor) -> None:
+    """One tenant's checks as a table, what to do under each failure or warning, and a summary line."""
+    from service.powershell.doctor import Status
+
+    checks = checker.checks
+    width = max(len(check.name) for check in checks)
+    for check in checks:
+        typer.echo(f"{check.status.value:<5} {check.name:<{width}}  {check.detail}")
+        if check.fix and check.status in (Status.fail, Status.warn):
+            typer.echo(f"{'':<5} {'':<{width}}  -> {check.fix}")
+    failed = [check.name for check in checks if check.status is Status.fail]
+    typer.echo("all checks passed" if not failed else f"{len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+@dataclass(frozen=True, slots=True)
+class _DoctorTarget:
+    """A tenant for `doctor`: the settings its gateway connects with, or why it cannot connect at all.
+
+    ``problem`` is a failed check's name, status, detail and fix, reported instead of running the
+    checks (a remoting password no configured key opens), so the other tenants are still checked.
+    """
+
+    tenant: TenantRecord
+    settings: Settings
+    problem: tuple[str, Status, str, str] | None = None
+
+
+def _doctor_targets(settings: Settings, names: list[str]) -> list[_DoctorTarget]:
+    """The tenants `doctor` checks: the named ones, or every enabled one; one line and exit 2 for a
+    name that is unknown or disabled (a typo must not pass as "all checks passed").
+
+    ``default`` connects with the settings themselves, as its gateway does; a stored tenant with
+    its identity, endpoint overrides and remoting password, as Gateways.for_tenant connects it.
+    doctor is meant to run before `unblock migrate`: with no database yet (a SQLite file is not
+    created) or no tenants table, the settings' tenant is the only one.
+    """
+    from service.domain.tenancy import DEFAULT_TENANT
+    from service.errors import TenantNotFound
+    from service.persistence import tenants
+    from service.persistence.db import sqlite_file_missing
+    from service.powershell.doctor import Status
+    from service.security.sealing import SealingError
+    from service.worker.gateways import tenant_password, tenant_settings
+
+    wanted = list(dict.fromkeys(name.strip().lower() for name in names))
+
+    async def connect_as(db: Database, tenant: TenantRecord) -> _DoctorTarget:
+        if tenant.from_settings:
+            return _DoctorTarget(tenant, settings)
+        try:
+            password = await tenant_password(db, settings, tenant.name)
+        except SealingError as error:
+            fix = "run doctor with the UNBLOCK_SECRET_KEY values of the service (the key that sealed it among them)"
+            problem = ("remoting password", Status.fail, error.message, fix)
+            return _DoctorTarget(tenant, tenant_settings(settings, tenant), problem)
+        return _DoctorTarget(tenant, tenant_settings(settings, tenant, password=password))
+
+    async def choose(db: Database | None) -> list[_DoctorTarget]:
+        if db is None or not await tenants.table_exists(db):
+            unknown = [name for name in wanted if name != DEFAULT_TENANT]
+            if unknown:
+                raise TenantNotFound(f"no tenant {unknown[0]} (the database holds no tenants yet)")
+            return [_DoctorTarget(tenants.settings_tenant(settings), settings)]
+        if wanted:
+            chosen = [await tenants.get(db, settings, name) for name in wanted]
+            for record in chosen:
+                if not record.enabled:
+                    raise TenantNotFound(f"tenant {record.name} is disabled")
+        else:
+            chosen = [record for record in await tenants.every(db, settings) if record.enabled]
+        return [await connect_as(db, record) for record in chosen]
+
+    try:
+        targets = run(choose(None)) if sqlite_file_missing(settings.database_url) else _with_database(settings, choose)
+    except TenantNotFound as error:
+        fail(error.message)
+    if not targets:
+        fail("no tenant to check: every stored tenant is disabled")
+    if any(target.tenant.from_settings for target in targets):
+        settings.require_endpoint()  # default's endpoint is the settings' own, as it always was
+    return targets
+
+
+def _with_database(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``use`` with the CLI's database handle, disposed of afterwards, as every reading command does."""
+    from service.persistence.db import Database
+
+    async def go() -> T:
+        db = Database.for_cli(settings)
+        try:
+            return await use(db)
+        finally:
+            await db.dispose()
+
+    return run(go())
+
+
 # --- keys -------------------------------------------------------------------------------
 
 
@@ -176,6 +354,10 @@ def keys_create(
     scope: Annotated[list[str], typer.Option("--scope", help="A scope; repeat for several.")],
     expires_in: Annotated[
         str | None, typer.Option("--expires-in", help="Lifetime, e.g. 90d or 12h; default: no expiry.")
+    ] = None,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", help="Limit the key to a tenant's cases; repeat for several (default: all)."),
     ] = None,
 ) -> None:
     """Create an API key; the key itself is printed once, alone on the last line."""
@@ -187,17 +369,26 @@ def keys_create(
     name = name.strip()
     if not name or len(name) > 128:
         fail("--name must be 1 to 128 characters")
+    from service.domain.tenancy import check_name
+    from service.errors import InvalidInput
+
     try:
         scopes = parse_scopes(scope)
         lifetime = parse_duration(expires_in) if expires_in else None
+        limited = [check_name(t) for t in tenant] if tenant else None
     except ValueError as error:
         fail(str(error))
+    except InvalidInput as error:
+        fail(f"--tenant: {error.message}")
+    if limited is not None and "admin" in scopes:
+        fail("--tenant: a key limited to tenants cannot hold admin (admin sees every tenant)")
     settings = settings_for_cli()
+    signer = _audit_signer(settings)
 
     async def create() -> Any:
         from service.persistence.types import utcnow
 
-        db = Database(settings.database_url)
+        db = Database.for_cli(settings)
         try:
             new = generate_key()
             expires = utcnow() + timedelta(seconds=lifetime) if lifetime else None
@@ -208,14 +399,23 @@ def keys_create(
                 key_hash=new.key_hash,
                 scopes=scopes,
                 expires_at=expires,
+                tenants=limited,
                 actor=_cli_actor(),
+                signer=signer,
             )
             return record, new.plaintext
         finally:
             await db.dispose()
 
-    record, plaintext = run(create())
+    from service.errors import ApiKeyNameTaken
+
+    try:
+        record, plaintext = run(create())
+    except ApiKeyNameTaken as error:
+        fail(error.message)
     typer.echo(f"created API key {record.id} named {record.name!r} ({record.prefix}) with scopes {', '.join(scopes)}")
+    if record.tenants is not None:
+        typer.echo(f"limited to tenants {', '.join(record.tenants)}")
     if record.expires_at:
         typer.echo(f"it expires at {record.expires_at.isoformat()}")
     typer.echo("store it now: it is shown only this once")
@@ -232,7 +432,7 @@ def keys_list() -> None:
     settings = settings_for_cli()
 
     async def fetch() -> Any:
-        db = Database(settings.database_url)
+        db = Database.for_cli(settings)
         try:
             return await key_rows.list_keys(db)
         finally:
@@ -254,11 +454,12 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(metavar="ID", help="Key id
     from service.persistence.db import Database
 
     settings = settings_for_cli()
+    signer = _audit_signer(settings)
 
     async def revoke() -> Any:
-        db = Database(settings.database_url)
+        db = Database.for_cli(settings)
         try:
-            return await key_rows.revoke_key(db, key_id=key_id, actor=_cli_actor())
+            return await key_rows.revoke_key(db, key_id=key_id, actor=_cli_actor(), signer=signer)
         finally:
             await db.dispose()
 
@@ -274,6 +475,197 @@ def keys_secret() -> None:
     typer.echo(generate_secret_key())
 
 
+# --- tenants -------------------------------------------------------------------------------------------
+
+
+def _print_tenant(tenant: Any) -> None:
+    record = tenant.public()
+    endpoint = {k: v for k, v in record.pop("endpoint").items() if v not in (None, False)}
+    for key, value in record.items():
+        if value is not None:
+            typer.echo(f"{key:18} {value}")
+    for key, value in endpoint.items():
+        typer.echo(f"{'ps_' + key:18} {value}")
+
+
+async def _validate_tenant(settings: Settings, name: str, wait: float) -> Any:
+    """Connect as the tenant once (the worker's way) and store its accepted domains; say what happened."""
+    from service.domain.tenancy import TenantStatus
+    from service.errors import BridgeError
+    from service.persistence import tenant_facts, tenants
+    from service.persistence.db import Database
+    from service.persistence.types import utcnow
+    from service.powershell.bridge import PowerShellBridge
+    from service.worker.gateways import Gateways
+
+    db = Database.for_cli(settings)
+    gateways = Gateways(settings, db, default=None, factory=PowerShellBridge)
+    try:
+        try:
+            gateway = await asyncio.wait_for(gateways.for_tenant(name), wait)
+            domains = await asyncio.wait_for(gateway.accepted_domains(), wait)
+        except (BridgeError, TimeoutError) as error:
+            message = error.message if isinstance(error, BridgeError) else f"no answer within {wait:g}s"
+            retryable = not isinstance(error, BridgeError) or error.retryable
+            status = TenantStatus.pending if retryable else TenantStatus.invalid
+            return await tenants.set_status(db, name=name, status=status, detail=message, now=utcnow())
+        await tenant_facts.store_domains(db, domains=domains, now=utcnow(), tenant=name)
+        return await tenants.set_status(
+            db, name=name, status=TenantStatus.active, detail=None, now=utcnow(), validated=True
+        )
+    finally:
+        await gateways.close()
+        await db.dispose()
+
+
+@tenants_app.command("add")
+def tenants_add(
+    name: Annotated[str, typer.Argument(help="A short name: lowercase letters, digits, hyphens (e.g. fabrikam).")],
+    organization: Annotated[str, typer.Option(help="The tenant's initial domain, X.onmicrosoft.com.")],
+    app_id: Annotated[str, typer.Option("--app-id", help="The app registration's application (client) id.")],
+    cert_thumbprint: Annotated[str, typer.Option("--cert-thumbprint", help="Its certificate's thumbprint.")],
+    tenant_id: Annotated[str | None, typer.Option("--tenant-id", help="The directory (tenant) id.")] = None,
+    password_backend: Annotated[str, typer.Option("--password-backend", help="graph or ad.")] = "graph",  # noqa: S107
+    ps_server: Annotated[str | None, typer.Option("--ps-server", help="Another runner host for this tenant.")] = None,
+    ps_port: Annotated[int | None, typer.Option("--ps-port", min=1, max=65535)] = None,
+    ps_ssl: Annotated[bool | None, typer.Option("--ps-ssl/--no-ps-ssl")] = None,
+    ps_auth: Annotated[str | None, typer.Option("--ps-auth")] = None,
+    ps_username: Annotated[str | None, typer.Option("--ps-username")] = None,
+    ps_password_file: Annotated[
+        str | None,
+        typer.Option("--ps-password-file", help="A file holding the remoting password (sealed when stored)."),
+    ] = None,
+    ps_configuration_name: Annotated[
+        str | None,
+        typer.Option("--ps-configuration-name", help="Session configuration (default UnblockRunner-<name> on JEA)."),
+    ] = None,
+    validate: Annotated[
+        bool, typer.Option("--validate/--no-validate", help="Connect now if the endpoint answers.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(min=1, max=600, help="Seconds to wait for the endpoint.")] = 60.0,
+) -> None:
+    """Add a tenant. With the endpoint reachable it connects once as the tenant and stores its
+    accepted domains (active); otherwise it is stored pending and a worker validates it."""
+    from pathlib import Path
+
+    from service.errors import Conflict, InvalidInput
+    from service.persistence import tenants
+    from service.persistence.db import Database
+    from service.persistence.types import utcnow
+    from service.security.sealing import Sealer
+
+    password = None
+    if ps_password_file:
+        try:
+            password = Path(ps_password_file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            fail(f"--ps-password-file: {error.strerror or error}")
+    try:
+        new = tenants.check(
+            tenants.NewTenant(
+                name=name,
+                organization=organization,
+                app_id=app_id,
+                cert_thumbprint=cert_thumbprint,
+                tenant_id=tenant_id,
+                password_backend=password_backend,
+                ps_server=ps_server,
+                ps_port=ps_port,
+                ps_ssl=ps_ssl,
+                ps_auth=ps_auth,
+                ps_username=ps_username,
+                ps_password=password,
+                ps_configuration_name=ps_configuration_name,
+            )
+        )
+    except InvalidInput as error:
+        fail(f"{error.context.get('field', 'tenant')}: {error.message}")
+    settings = settings_for_cli()
+    sealed = None
+    if password is not None:
+        box = Sealer(settings.secret_keys).seal(password, context=f"tenant:{new.name}")
+        sealed = (box.key_id, box.blob)
+
+    async def add() -> Any:
+        db = Database.for_cli(settings)
+        try:
+            return await tenants.add(db, row=tenants.row_for(new, sealed_password=sealed, now=utcnow()))
+        finally:
+            await db.dispose()
+
+    try:
+        record = run(add())
+    except Conflict as error:
+        fail(error.message)
+    if validate and (settings.ps_server or new.ps_server):
+        record = run(_validate_tenant(settings, new.name, timeout))
+    typer.echo(
+        f"tenant {record.name}: {record.status.value}" + (f" ({record.status_detail})" if record.status_detail else "")
+    )
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """Every tenant: the settings' own (default) and the stored ones, with their status."""
+    from service.persistence import tenant_facts, tenants
+
+    settings = settings_for_cli()
+
+    async def fetch(db: Database) -> Any:
+        out = []
+        for tenant in await tenants.every(db, settings):
+            facts = await tenant_facts.load(db, tenant=tenant.name)
+            out.append((tenant, facts.accepted_domains))
+        return out
+
+    rows = _with_database(settings, fetch)
+    typer.echo(f"{'NAME':16}  {'STATUS':9}  {'ORGANIZATION':32}  DOMAINS")
+    for tenant, domains in rows:
+        shown = ", ".join(domains) if domains is not None else "(not read yet)"
+        typer.echo(f"{tenant.name:16}  {tenant.status.value:9}  {tenant.organization or '-':32}  {shown}")
+
+
+@tenants_app.command("show")
+def tenants_show(name: Annotated[str, typer.Argument(help="The tenant's name.")]) -> None:
+    """One tenant's settings (never its remoting password) and status."""
+    from service.errors import TenantNotFound
+    from service.persistence import tenants
+
+    settings = settings_for_cli()
+
+    async def fetch(db: Database) -> Any:
+        return await tenants.get(db, settings, name.strip().lower())
+
+    try:
+        _print_tenant(_with_database(settings, fetch))
+    except TenantNotFound as error:
+        fail(error.message)
+
+
+@tenants_app.command("disable")
+def tenants_disable(name: Annotated[str, typer.Argument(help="The tenant's name.")]) -> None:
+    """Take no new cases for the tenant (its cases stay, with their history)."""
+    from service.errors import Conflict, TenantNotFound
+    from service.persistence import tenants
+    from service.persistence.db import Database
+    from service.persistence.types import utcnow
+
+    settings = settings_for_cli()
+
+    async def change() -> Any:
+        db = Database.for_cli(settings)
+        try:
+            return await tenants.disable(db, name=name.strip().lower(), now=utcnow())
+        finally:
+            await db.dispose()
+
+    try:
+        record = run(change())
+    except (TenantNotFound, Conflict) as error:
+        fail(error.message)
+    typer.echo(f"tenant {record.name}: {record.status.value}")
+
+
 @app.command()
 def openapi(
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
@@ -287,7 +679,7 @@ def openapi(
     from service.runtime import Runtime
 
     settings = settings_for_cli()
-    spec = create_app(Runtime(settings=settings, db=Database(settings.database_url))).openapi()
+    spec = create_app(Runtime(settings=settings, db=Database.for_cli(settings))).openapi()
     text = json.dumps(spec, indent=2)
     if output:
         Path(output).write_text(text + "\n", encoding="utf-8")
@@ -299,25 +691,64 @@ def openapi(
 # --- audit ------------------------------------------------------------------------------
 
 
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the audit log's hash chain; exit 1 naming the first record that does not match."""
+def _check_chain(settings: Settings, expect: Head | None = None) -> ChainReport:
+    """The chain's report, once it verifies; else one line naming the first bad record, exit 1."""
     from service.persistence import audit
     from service.persistence.db import Database
 
-    settings = settings_for_cli()
+    signer = _audit_signer(settings)
 
-    async def check() -> Any:
-        db = Database(settings.database_url)
+    async def check() -> ChainReport:
+        db = Database.for_cli(settings)
         try:
-            return await audit.check(db)
+            return await audit.check(db, signer=signer, expect=expect)
         finally:
             await db.dispose()
 
-    count, broken = run(check())
-    if broken is not None:
-        fail(f"audit log broken at record {broken.seq}: {broken.reason}", code=1)
-    typer.echo(f"audit log intact: {count} records")
+    report = run(check())
+    if report.broken is not None:
+        fail(f"audit log broken at record {report.broken.seq}: {report.broken.reason}", code=1)
+    return report
+
+
+@audit_app.command("verify")
+def audit_verify(
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            metavar="SEQ:MAC",
+            help="A head printed earlier by `unblock audit head`: fail unless the chain still holds it.",
+        ),
+    ] = None,
+) -> None:
+    """Check the audit log's keyed MAC chain; exit 1 naming the first record that does not verify.
+
+    The chain proves that no record was edited, inserted or removed by anyone without the audit
+    key; that none was cut off the end needs --expect-head with a head kept elsewhere.
+    """
+    from service.domain.audit import parse_head
+
+    try:
+        expect = parse_head(expect_head) if expect_head is not None else None
+    except ValueError as error:
+        fail(f"--expect-head: {error}")
+    report = _check_chain(settings_for_cli(), expect)
+    held = f", including head {expect.seq}" if expect is not None else ""
+    typer.echo(f"audit log intact: {report.count} records{held}")
+
+
+@audit_app.command("head")
+def audit_head() -> None:
+    """Print the newest record as SEQ:MAC, once the chain verifies; keep it where the database's writers cannot.
+
+    A later `unblock audit verify --expect-head SEQ:MAC` then also detects records cut off the end
+    of the log, or a log rewritten from before that record.
+    """
+    head = _check_chain(settings_for_cli()).head
+    if head is None:
+        fail("the audit log is empty: there is no head yet", code=1)
+    typer.echo(str(head))
 
 
 @audit_app.command("list")
@@ -329,7 +760,7 @@ def audit_list(limit: Annotated[int, typer.Option(min=1, max=10_000, help="How m
     settings = settings_for_cli()
 
     async def fetch() -> Any:
-        db = Database(settings.database_url)
+        db = Database.for_cli(settings)
         try:
             return await audit.recent(db, limit=limit)
         finally:
@@ -337,7 +768,8 @@ def audit_list(limit: Annotated[int, typer.Option(min=1, max=10_000, help="How m
 
     for row in run(fetch()):
         typer.echo(
-            f"{row.seq:>6}  {row.at.isoformat(timespec='seconds')}  {row.actor:24}  {row.action:22}  {row.target or ''}"
+            f"{row.seq:>6}  {row.at.isoformat(timespec='seconds')}  {row.actor:24}  {row.action:22}  "
+            f"{row.target or '-':26}  {row.actor_kind}:{row.actor_id}"
         )
 
 
@@ -371,17 +803,18 @@ def purge(
     if seconds < _MIN_RETENTION:
         fail("--older-than must be at least 1d (a shorter period would delete cases still being worked on)")
     settings = settings_for_cli()
+    signer = None if dry_run else _audit_signer(settings)
     if current_revision(settings.database_url) != head_revision(settings.database_url):
         fail("the database schema is not current; run `unblock migrate` first")
 
     async def go() -> retention.PurgeReport:
-        db = Database(settings.database_url)
+        db = Database.for_cli(settings)
         try:
             now = datetime.now(UTC)
             cutoff = now - timedelta(seconds=seconds)
-            if dry_run:
+            if signer is None:
                 return await retention.count(db, cutoff=cutoff)
-            return await retention.purge(db, cutoff=cutoff, now=now, actor=_cli_actor())
+            return await retention.purge(db, cutoff=cutoff, now=now, actor=_cli_actor(), signer=signer)
         finally:
             await db.dispose()
 
@@ -399,16 +832,16 @@ def purge(
 def _case_runtime(settings: Settings) -> Any:
     from service.serving import build_runtime
 
-    return build_runtime(settings.model_copy(update={"ps_open_lazily": True}))
+    return build_runtime(settings, tenant=False)
 
 
 async def _fetch_case(runtime: Any, case_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from service.api.schemas import CasePublic, EventPublic
-    from service.persistence import cases
+    from service.persistence import snapshots
+    from service.persistence.records import case_document, event_document
 
-    case = await cases.get_case(runtime.db, case_id=case_id)
-    events = await cases.list_events(runtime.db, case_id=case_id)
-    return CasePublic.of(case).model_dump(mode="json"), [EventPublic.of(e).model_dump(mode="json") for e in events]
+    case = await snapshots.get_case(runtime.db, case_id=case_id)
+    events = await snapshots.list_events(runtime.db, case_id=case_id)
+    return case_document(case), [event_document(e) for e in events]
 
 
 async def _watch(runtime: Any, case_id: str) -> dict[str, Any]:
@@ -431,6 +864,10 @@ def case_open(
     mailbox: Annotated[str, typer.Argument(metavar="MAILBOX", help="The restricted sender, e.g. rob@contoso.com.")],
     ticket: Annotated[str | None, typer.Option("--ticket", help="Your ticket reference.")] = None,
     watch_it: Annotated[bool, typer.Option("--watch", help="Show live progress until the case ends.")] = False,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", help="The mailbox's tenant (default: the one whose accepted domains hold it)."),
+    ] = None,
 ) -> None:
     """Open a case (the same path as POST /v1/cases); the running worker picks it up."""
     import getpass
@@ -440,9 +877,15 @@ def case_open(
 
     from service.api.operations import open_case
     from service.api.schemas import CaseCreate
+    from service.domain.tenancy import check_name
+    from service.errors import InvalidInput
 
     try:
-        body = CaseCreate(mailbox=mailbox, ticket_ref=ticket, requested_by=getpass.getuser())
+        tenant = check_name(tenant) if tenant is not None else None
+    except InvalidInput as error:
+        fail(f"--tenant {tenant!r}: {error.message}")
+    try:
+        body = CaseCreate(mailbox=mailbox, ticket_ref=ticket, requested_by=getpass.getuser(), tenant=tenant)
     except ValidationError as error:
         fail(f"{mailbox!r}: {error.errors()[0]['msg'].removeprefix('Value error, ')}")
     settings = settings_for_cli()
@@ -451,7 +894,7 @@ def case_open(
 
     async def go() -> dict[str, Any]:
         try:
-            stored = await open_case(runtime, body, actor=actor, principal_id=actor)
+            stored = await open_case(runtime, body, actor=actor, principal_id=actor, principal_kind="cli")
             if watch_it:
                 return await _watch(runtime, stored.body["id"])
             return stored.body

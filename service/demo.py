@@ -25,6 +25,7 @@ from rich.table import Table
 
 from service.api.app import create_app
 from service.config import SettingsError, load_settings
+from service.domain.audit import Actor
 from service.logging import configure
 from service.persistence import keys as key_rows
 from service.persistence.migrate import upgrade
@@ -52,14 +53,16 @@ async def _run(console: Console, port: int, wait: float, stay: bool) -> int:
         recheck_interval=max(1.0, wait / 4),
         log_level="warning",
     )
-    upgrade(url)
+    upgrade(url, audit_keys=settings.audit_keys)
     sock = bind_socket("127.0.0.1", port)
     port = int(sock.getsockname()[1])
     base = f"http://127.0.0.1:{port}"
     with sandbox_for(settings) as effective:
         runtime = build_runtime(effective)
         app = create_app(runtime, background=services(runtime, worker=True))
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", proxy_headers=False)
+        )
         serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         while not server.started:
             if serving.done():
@@ -68,7 +71,13 @@ async def _run(console: Console, port: int, wait: float, stay: bool) -> int:
             await asyncio.sleep(0.02)
         new = generate_key()
         await key_rows.create_key(
-            runtime.db, name="demo", prefix=new.prefix, key_hash=new.key_hash, scopes=sorted(ALL_SCOPES)
+            runtime.db,
+            name="demo",
+            prefix=new.prefix,
+            key_hash=new.key_hash,
+            scopes=sorted(ALL_SCOPES),
+            actor=Actor.service("demo"),
+            signer=runtime.audit_signer,
         )
         sandbox_url = f"http://{effective.ps_server}:{effective.ps_port}/_sandbox"
         console.print(f"[bold]API[/] {base}  (docs: {base}/docs)   [bold]sandbox tenant[/] {sandbox_url}/state")

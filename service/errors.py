@@ -9,7 +9,9 @@ turns these into HTTP statuses.
     ├── InvalidInput ........................ the request is wrong; fixing it is the caller's job
     │   ├── InvalidMailbox
     │   ├── ForeignMailbox
-    │   └── IdempotencyKeyReused
+    │   ├── IdempotencyKeyReused
+    │   ├── RefusedDestination .............. a URL's host is or resolves to an address not contacted
+    │   └── UnresolvableHost ................ a URL's host name has no address
     ├── NotFound
     │   ├── CaseNotFound
     │   ├── ApiKeyNotFound
@@ -17,14 +19,16 @@ turns these into HTTP statuses.
     ├── Conflict
     │   ├── OpenCaseExists ................... carries case_id of the open case
     │   ├── InvalidTransition ................ carries action, current state, allowed states
-    │   └── ConcurrentUpdate ................. lost a compare-and-set on version
+    │   ├── ApiKeyNameTaken .................. API key names are unique (audit records name them)
+    │   ├── ConcurrentUpdate ................. lost a compare-and-set on version
+    │   └── ApproverIsRequester .............. four eyes: the opener cannot approve
     ├── Gone
     │   └── CredentialGone
-    ├── AuthError
-    │   ├── Unauthenticated
-    │   └── Forbidden
+    ├── Unauthenticated
+    ├── Forbidden
     ├── RateLimited .......................... carries retry_after
     ├── Unavailable .......................... a dependency is down (database, endpoint)
+    ├── AuditKeyMissing ...................... nothing to sign the audit log with
     └── BridgeError .......................... the tenant said no, or could not be reached
         ├── TransientError ................... retryable: connection, 5xx, timeout
         │   ├── EndpointUnavailable
@@ -40,7 +44,7 @@ turns these into HTTP statuses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 
@@ -53,12 +57,6 @@ class ServiceError(Exception):
         self.message = message or (type(self).__doc__ or "").strip().splitlines()[0]
         self.context: dict[str, Any] = dict(context)
         super().__init__(self.message)
-
-    def with_context(self, **context: Any) -> ServiceError:
-        """Attach where the error crossed a boundary (case id, step), keeping the first value."""
-        for key, value in context.items():
-            self.context.setdefault(key, value)
-        return self
 
 
 class InvalidInput(ServiceError):
@@ -79,16 +77,46 @@ class ForeignMailbox(InvalidInput):
     code = "foreign_mailbox"
 
 
+class UnknownTenant(InvalidInput):
+    """No tenant of this name takes cases."""
+
+    code = "unknown_tenant"
+
+
+class AmbiguousTenant(InvalidInput):
+    """The mailbox's domain is accepted by more than one tenant: name the tenant."""
+
+    code = "ambiguous_tenant"
+
+
 class IdempotencyKeyReused(InvalidInput):
     """This Idempotency-Key was already used with a different request body."""
 
     code = "idempotency_key_reused"
 
 
+class RefusedDestination(InvalidInput):
+    """The URL leads to an address this service does not contact."""
+
+    code = "refused_destination"
+
+
+class UnresolvableHost(InvalidInput):
+    """The URL's host name does not resolve."""
+
+    code = "unresolvable_host"
+
+
 class NotFound(ServiceError):
     """Nothing is there."""
 
     code = "not_found"
+
+
+class TenantNotFound(NotFound):
+    """No tenant has this name."""
+
+    code = "tenant_not_found"
 
 
 class CaseNotFound(NotFound):
@@ -155,10 +183,22 @@ class InvalidTransition(Conflict):
         )
 
 
+class ApiKeyNameTaken(Conflict):
+    """Another API key already has this name."""
+
+    code = "api_key_name_taken"
+
+
 class ConcurrentUpdate(Conflict):
     """The case changed while this request was being handled; read it again and retry."""
 
     code = "concurrent_update"
+
+
+class ApproverIsRequester(Conflict):
+    """Approval needs a second person: whoever opened the case cannot approve it."""
+
+    code = "approver_is_requester"
 
 
 class Gone(ServiceError):
@@ -173,19 +213,13 @@ class CredentialGone(Gone):
     code = "credential_gone"
 
 
-class AuthError(ServiceError):
-    """Access denied."""
-
-    code = "auth_error"
-
-
-class Unauthenticated(AuthError):
+class Unauthenticated(ServiceError):
     """A valid API key or bearer token is required."""
 
     code = "unauthenticated"
 
 
-class Forbidden(AuthError):
+class Forbidden(ServiceError):
     """The credential lacks the scope this operation needs."""
 
     code = "forbidden"
@@ -205,6 +239,12 @@ class Unavailable(ServiceError):
     """A dependency of the service is unavailable."""
 
     code = "unavailable"
+
+
+class AuditKeyMissing(ServiceError):
+    """No audit key is configured: set UNBLOCK_AUDIT_KEY or UNBLOCK_SECRET_KEY."""
+
+    code = "audit_key_missing"
 
 
 class BridgeError(ServiceError):
@@ -291,12 +331,3 @@ class RemoteError(BridgeError):
     """The tenant refused the command."""
 
     code = "remote_error"
-
-
-def error_from_dict(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalise a stored ``last_error`` to the contract's three keys."""
-    return {
-        "code": str(data.get("code", "remote_error")),
-        "message": str(data.get("message", "")),
-        "retryable": bool(data.get("retryable", False)),
-    }

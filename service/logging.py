@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -148,16 +148,7 @@ def bind(**values: Any) -> None:
     structlog.contextvars.bind_contextvars(**values)
 
 
-def unbind(*keys: str) -> None:
-    structlog.contextvars.unbind_contextvars(*keys)
-
-
 @contextmanager
 def bound(**values: Any) -> Iterator[None]:
     with structlog.contextvars.bound_contextvars(**values):
         yield
-
-
-def scrub_mapping(values: MutableMapping[str, Any]) -> dict[str, Any]:
-    """The same redaction, for data that leaves through other channels (events, webhooks)."""
-    return dict(_scrub(dict(values)))

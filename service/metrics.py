@@ -8,11 +8,19 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-CASES = Gauge("unblock_cases", "Cases by state (read from the database at scrape time)", ["state"], registry=REGISTRY)
+# Tenants label what an MSP watches per customer (cases, state changes, failures, runspaces, the
+# breaker); the duration histograms stay unlabelled by tenant: hundreds of tenants times steps times
+# buckets would be series nobody reads. ``tenant`` is empty for a case no tenant has taken yet.
+CASES = Gauge(
+    "unblock_cases",
+    "Cases by state and tenant (read from the database at scrape time)",
+    ["state", "tenant"],
+    registry=REGISTRY,
+)
 TRANSITIONS = Counter(
     "unblock_case_transitions_total",
     "State changes made in this process",
-    ["from_state", "to_state"],
+    ["from_state", "to_state", "tenant"],
     registry=REGISTRY,
 )
 STEP_DURATION = Histogram(
@@ -22,7 +30,9 @@ STEP_DURATION = Histogram(
     buckets=_SECONDS,
     registry=REGISTRY,
 )
-STEP_FAILURES = Counter("unblock_step_failures_total", "Failed step attempts", ["step", "code"], registry=REGISTRY)
+STEP_FAILURES = Counter(
+    "unblock_step_failures_total", "Failed step attempts", ["step", "code", "tenant"], registry=REGISTRY
+)
 REMOTE_DURATION = Histogram(
     "unblock_remote_call_duration_seconds", "PowerShell remote calls", ["cmdlet"], buckets=_SECONDS, registry=REGISTRY
 )
@@ -32,10 +42,15 @@ REMOTE_ERRORS = Counter(
     ["cmdlet", "error_class"],
     registry=REGISTRY,
 )
-POOL_RUNSPACES = Gauge("unblock_pool_runspaces", "Runspaces of the warm pool", ["state"], registry=REGISTRY)
-POOL_SIZE = Gauge("unblock_pool_size", "Configured warm pool size", registry=REGISTRY)
+POOL_RUNSPACES = Gauge(
+    "unblock_pool_runspaces", "Runspaces of each tenant's warm pool", ["state", "tenant"], registry=REGISTRY
+)
+POOL_SIZE = Gauge("unblock_pool_size", "Runspaces all tenants' pools may hold together", registry=REGISTRY)
 CIRCUIT_STATE = Gauge(
-    "unblock_circuit_open", "1 while the PowerShell endpoint's circuit breaker is open", registry=REGISTRY
+    "unblock_circuit_open",
+    "1 while a tenant's PowerShell circuit breaker is open",
+    ["tenant"],
+    registry=REGISTRY,
 )
 WEBHOOK_DELIVERIES = Counter(
     "unblock_webhook_deliveries_total", "Webhook delivery attempts by outcome", ["outcome"], registry=REGISTRY
@@ -51,3 +66,12 @@ HTTP_DURATION = Histogram(
     buckets=_SECONDS,
     registry=REGISTRY,
 )
+DATABASE_UP = Gauge(
+    "unblock_database_up",
+    "1 while this process's last database operation succeeded, 0 during an outage",
+    registry=REGISTRY,
+)
+DATABASE_OUTAGES = Counter(
+    "unblock_database_outages_total", "Database outages this process has seen begin", registry=REGISTRY
+)
+DATABASE_UP.set(1)

@@ -10,13 +10,17 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from service.config import Settings
+from service.domain.audit import AuditSigner
+from service.domain.tenancy import TenantDomains
 from service.persistence.db import Database
+from service.security.destinations import DestinationPolicy, Resolver, system_resolver
 
 if TYPE_CHECKING:
-    from service.powershell.port import TenantGateway
+    from service.powershell.port import GatewayDirectory, TenantGateway
 
 
 def utc_now() -> datetime:
@@ -81,11 +85,31 @@ class CaseEvents:
 class Runtime:
     settings: Settings
     db: Database
-    gateway: TenantGateway | None = None
+    gateway: TenantGateway | None = None  # the settings' own tenant, ``default``
+    gateways: GatewayDirectory | None = None  # every tenant's, ``default`` included (workers only)
     clock: Callable[[], datetime] = utc_now
     work: WorkSignal = field(default_factory=WorkSignal)
     events: CaseEvents = field(default_factory=CaseEvents)
     background: set[asyncio.Task[None]] = field(default_factory=set)
-    domain_cache: tuple[float, list[str]] | None = None
-    senders_cache: tuple[float, dict[str, Any]] | None = None
+    tenant_cache: tuple[float, tuple[TenantDomains, ...]] | None = None  # intake's view, re-read every 30 s
     instance: str = "unblock"
+
+    #: How host names become addresses for the webhook destination check; tests put a stub here.
+    resolver: Resolver = system_resolver
+
+    @property
+    def webhook_policy(self) -> DestinationPolicy:
+        """Where webhooks may go, from the settings: never the PowerShell endpoint, whatever is allowed."""
+        settings = self.settings
+        return DestinationPolicy(
+            allow_networks=settings.webhook_networks,
+            allow_http=settings.webhook_allow_http,
+            # bounded well inside an API request's deadline: a hung resolver is "does not resolve", not a 503
+            resolve_timeout=min(settings.webhook_timeout, 5.0),
+            reserved_endpoints=((settings.ps_server, settings.ps_port),) if settings.ps_server else (),
+        )
+
+    @cached_property
+    def audit_signer(self) -> AuditSigner:
+        """The keys everything this process appends to the audit log is signed with."""
+        return AuditSigner.from_secrets(self.settings.audit_keys)

@@ -26,8 +26,10 @@ from service.notifications.delivery import WebhookDispatcher
 from service.persistence.db import Database
 from service.persistence.migrate import upgrade
 from service.powershell.bridge import PowerShellBridge
+from service.powershell.budget import RunspaceBudget
 from service.runtime import Runtime
 from service.sandbox.server import SandboxServer
+from service.worker.gateways import Gateways
 from service.worker.runner import running_worker
 
 log = get_logger(__name__)
@@ -75,7 +77,7 @@ def sandbox_for(settings: Settings) -> Iterator[Settings]:
         server.close()
 
 
-def build_gateway(settings: Settings) -> PowerShellBridge | None:
+def build_gateway(settings: Settings, *, budget: RunspaceBudget | None = None) -> PowerShellBridge | None:
     if not settings.ps_server:
         return None
     if settings.ps_connect_in_session:
@@ -91,15 +93,19 @@ def build_gateway(settings: Settings) -> PowerShellBridge | None:
                 f"{', '.join(n for n in needed if n != missing[0])}), or set UNBLOCK_PS_CONNECT_IN_SESSION=false "
                 "for a JEA endpoint that connects itself"
             )
-    return PowerShellBridge(settings)
+    return PowerShellBridge(settings, budget=budget)
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    return Runtime(
-        settings=settings,
-        db=Database(settings.database_url, pool_size=settings.db_pool_size),
-        gateway=build_gateway(settings),
-    )
+def build_runtime(settings: Settings, *, tenant: bool = True) -> Runtime:
+    """The process's parts; ``tenant=False`` for processes that must never talk to the runner host
+    (API-only processes and the CLI's case commands read the tenant's facts from the database)."""
+    db = Database.for_service(settings)
+    if not tenant:
+        return Runtime(settings=settings, db=db)
+    budget = RunspaceBudget(settings.ps_pool_size)  # every tenant's runspaces together
+    default = build_gateway(settings, budget=budget)
+    gateways = Gateways(settings, db, default=default, factory=PowerShellBridge, budget=budget)
+    return Runtime(settings=settings, db=db, gateway=default, gateways=gateways)
 
 
 def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None) -> list[Background]:
@@ -112,7 +118,9 @@ def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None) 
         try:
             yield runtime.gateway
         finally:
-            if runtime.gateway is not None:
+            if runtime.gateways is not None:
+                await runtime.gateways.close()
+            elif runtime.gateway is not None:
                 await runtime.gateway.close()
             if runtime.background:  # bookkeeping writes (key last use) finish before the pool closes
                 await asyncio.wait(runtime.background, timeout=5)
@@ -158,19 +166,25 @@ def serve_forever(
     # passwords (reveal) and the dashboard's session, so no process starts without one.
     settings.require_secret_key()
     if migrate:
-        upgrade(settings.database_url)
+        upgrade(settings.database_url, audit_keys=settings.audit_keys)
     sock = bind_socket(host, port)
     with sandbox_for(settings) as effective:
-        if worker:
-            if not effective.ps_server:
-                effective.require_endpoint()
-        else:
-            # An API-only process needs the tenant rarely (readiness, the restricted list, domains):
-            # no warm pool, runspaces opened on demand.
-            effective = effective.model_copy(update={"ps_open_lazily": True})
-        runtime = build_runtime(effective)
+        if worker and not effective.ps_server:
+            effective.require_endpoint()
+        # Only a process with a worker opens PowerShell sessions; an API-only process serves every
+        # route from the database (intake, the restricted list, the dashboard) and needs no
+        # UNBLOCK_PS_* or UNBLOCK_TENANT_* setting at all.
+        runtime = build_runtime(effective, tenant=worker)
         app = create_app(runtime, background=[*services(runtime, worker=worker), *(extra or [])])
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=20)
+        # proxy_headers off: X-Forwarded-For/-Proto are believed only from UNBLOCK_TRUSTED_PROXIES (security.clients)
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=20,
+            proxy_headers=False,
+        )
         log.info("serving", url=f"http://{host}:{sock.getsockname()[1]}", worker=worker, sandbox=effective.sandbox)
         uvicorn.Server(config).run(sockets=[sock])
 

@@ -58,7 +58,8 @@ class Process:
         self.proc = subprocess.Popen(list(argv), env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def alive(self) -> bool:

@@ -11,6 +11,7 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
 from service.sandbox.server import SandboxServer
+from service.sandbox.tenant import FABRIKAM_TENANT_ID
 
 APP = {
     "AppId": "11111111-2222-3333-4444-555555555555",
@@ -22,6 +23,9 @@ GRAPH = {
     "CertificateThumbprint": "A" * 40,
     "TenantId": "contoso.onmicrosoft.com",
 }
+#: The same app-only sign-ins to the demo seed's second tenant, fabrikam.
+FABRIKAM_APP = {**APP, "Organization": "fabrikam.onmicrosoft.com"}
+FABRIKAM_GRAPH = {**GRAPH, "TenantId": FABRIKAM_TENANT_ID}
 
 
 def wsman_for(server: SandboxServer, **overrides: Any) -> WSMan:
@@ -93,15 +97,19 @@ def open_pool(
     connect: bool = True,
     configuration: str = "Microsoft.PowerShell",
     max_runspaces: int = 1,
+    exchange: dict[str, Any] | None = None,
+    graph: dict[str, Any] | None = None,
     **wsman_options: Any,
 ) -> Iterator[RunspacePool]:
+    """A pool; with ``connect``, Exchange and Graph connected (to contoso, or with the sign-ins given:
+    ``exchange=FABRIKAM_APP, graph=FABRIKAM_GRAPH`` for fabrikam)."""
     wsman = wsman_for(server, **wsman_options)
     pool = RunspacePool(wsman, configuration_name=configuration, max_runspaces=max_runspaces)
     pool.open()
     try:
         if connect:
-            assert not run(pool, "Connect-ExchangeOnline", ShowBanner=False, **APP).failed
-            assert not run(pool, "Connect-MgGraph", NoWelcome=True, **GRAPH).failed
+            assert not run(pool, "Connect-ExchangeOnline", ShowBanner=False, **(exchange or APP)).failed
+            assert not run(pool, "Connect-MgGraph", NoWelcome=True, **(graph or GRAPH)).failed
         yield pool
     finally:
         pool.close()

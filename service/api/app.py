@@ -14,16 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
+from fastapi.utils import generate_unique_id
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
 from service import __version__
-from service.api import errors, ui
+from service.api import docs, errors, openapi_doc, ui
 from service.api.deps import strict_query
-from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware, SecurityHeadersMiddleware
+from service.api.middleware import (
+    BodyLimitMiddleware,
+    DeadlineMiddleware,
+    RequestContextMiddleware,
+    SecurityHeadersMiddleware,
+)
 from service.api.problems import Problem
-from service.api.routes import cases, health, senders, webhooks
+from service.api.routes import cases, health, senders, tenants, webhooks
 from service.api.routes import metrics as metrics_route
+from service.config import parse_networks
 from service.runtime import Runtime
 from service.security.oidc import OidcVerifier
 from service.security.ratelimit import RateLimiter
@@ -46,6 +54,7 @@ TAGS = [
     {"name": "credentials", "description": "The temporary password, revealed once."},
     {"name": "senders", "description": "The tenant's live restricted-sender list."},
     {"name": "webhooks", "description": "Signed event deliveries to ticketing systems."},
+    {"name": "tenants", "description": "The Microsoft 365 tenants the service acts on (an MSP runs many)."},
     {"name": "health", "description": "Liveness, readiness and metrics."},
 ]
 
@@ -57,7 +66,9 @@ def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
         for operation in operations.values():
             if "requestBody" in operation:  # answered before any route code runs
                 responses = operation.setdefault("responses", {})
-                responses.setdefault("400", {"description": "the body is not parseable JSON"})
+                responses.setdefault(
+                    "400", {"description": "the body could not be decoded at all (text that is not JSON is 422)"}
+                )
                 responses.setdefault("413", {"description": "the body is larger than UNBLOCK_MAX_BODY_BYTES"})
             for code, response in operation.get("responses", {}).items():
                 if code.isdigit() and int(code) >= 400:
@@ -73,6 +84,41 @@ def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+#: The operationId of every operation, by the name of its route function: what generated clients call
+#: their methods (``client.create_case``), so they are chosen here rather than derived from paths.
+OPERATION_IDS: dict[str, str] = {
+    "create_case": "createCase",
+    "list_cases": "listCases",
+    "get_case": "getCase",
+    "case_events": "listCaseEvents",
+    "stream_case_events": "streamCaseEvents",
+    "approve": "approveCase",
+    "cancel": "cancelCase",
+    "retry": "retryCase",
+    "reveal": "revealCredential",
+    "create_webhook": "createWebhook",
+    "list_webhooks": "listWebhooks",
+    "get_webhook": "getWebhook",
+    "delete_webhook": "deleteWebhook",
+    "list_deliveries": "listWebhookDeliveries",
+    "redeliver": "redeliverWebhookDelivery",
+    "restricted_senders": "listRestrictedSenders",
+    "list_tenants": "listTenants",
+    "get_tenant": "getTenant",
+    "create_tenant": "createTenant",
+    "disable_tenant": "disableTenant",
+    "prometheus": "getMetrics",
+    "healthz": "getHealth",
+    "readyz": "getReadiness",
+}
+
+
+def operation_id(route: APIRoute) -> str:
+    """Described operations have a chosen id (tests/api/test_openapi.py checks every one has);
+    the dashboard's routes, outside the description, keep FastAPI's default."""
+    return OPERATION_IDS.get(route.name) or generate_unique_id(route)
+
+
 def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -82,12 +128,13 @@ def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> Fa
             yield
 
     app = FastAPI(
+        generate_unique_id_function=operation_id,
         title="unblock-service",
         version=__version__,
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # service.api.docs serves /docs without a CDN or inline script
         redoc_url=None,
     )
     app.state.runtime = runtime
@@ -95,27 +142,34 @@ def create_app(runtime: Runtime, *, background: Sequence[Background] = ()) -> Fa
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _problem_media_types(build_openapi())
+            app.openapi_schema = openapi_doc.complete(_problem_media_types(build_openapi()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     settings = runtime.settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit, settings.rate_limit_storage)
-    if settings.oidc_jwks_url:
+    app.state.auth_failures = RateLimiter(settings.auth_failure_limit, settings.rate_limit_storage)
+    app.state.trusted_proxies = parse_networks(settings.trusted_proxies)
+    if settings.oidc_jwks_url and settings.oidc_issuer and settings.oidc_audience:  # the settings require all three
         app.state.oidc = OidcVerifier(
             jwks_url=settings.oidc_jwks_url,
             issuer=settings.oidc_issuer,
             audience=settings.oidc_audience,
             scope_claim=settings.oidc_scope_claim,
+            tenant_id=settings.oidc_tenant_id,
+            tenants_claim=settings.oidc_tenants_claim,
         )
     errors.install(app)
     app.include_router(cases.router, dependencies=[Depends(strict_query)])
     app.include_router(webhooks.router, dependencies=[Depends(strict_query)])
     app.include_router(senders.router, dependencies=[Depends(strict_query)])
+    app.include_router(tenants.router, dependencies=[Depends(strict_query)])
     app.include_router(metrics_route.router)
     app.include_router(ui.router)
+    docs.install(app)
     app.mount("/ui/static", StaticFiles(directory=str(Path(ui.__file__).parent / "static")), name="ui-static")
     app.include_router(health.router)
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_deadline)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:  # off unless asked for: the API is for servers, not browsers elsewhere

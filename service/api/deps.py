@@ -13,7 +13,6 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from service.errors import InvalidInput
-from service.persistence.db import Database
 from service.runtime import Runtime
 
 
@@ -22,13 +21,7 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-async def get_db(request: Request) -> Database:
-    runtime: Runtime = request.app.state.runtime
-    return runtime.db
-
-
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-DatabaseDep = Annotated[Database, Depends(get_db)]
 
 
 def _declared_query(dependant: Dependant) -> frozenset[str]:

@@ -6,6 +6,7 @@ pass through untouched and the per-request cost stays small.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -77,6 +78,66 @@ class RequestContextMiddleware:
                     )
 
 
+class DeadlineMiddleware:
+    """A request that has not begun its answer within ``seconds`` answers 503 with Retry-After.
+
+    API requests wait on the database, and a frozen database server answers nothing: not the
+    query, not a cancel. So the request's work runs as a task of its own; at the deadline the
+    client gets the ``unavailable`` problem naming the database, and the task is cancelled but
+    not awaited (psycopg then cancels on the server and, failing that, drops the connection in
+    the background). Once a response has started (a live stream), no deadline applies.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        started = asyncio.Event()
+        abandoned = False
+
+        async def guarded(message: Message) -> None:
+            if abandoned:
+                return  # the client already has its 503
+            if message["type"] == "http.response.start":
+                started.set()
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, receive, guarded))
+        begun = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait({work, begun}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()  # the server is stopping or the client left: the request's work goes too
+            raise
+        finally:
+            begun.cancel()
+        if work.done() or started.is_set():
+            await work
+            return
+        abandoned = True
+        work.cancel()
+        work.add_done_callback(_consume)
+        log.warning("request_deadline_passed", path=scope.get("path"), seconds=self.seconds)
+        response = problem_response(
+            status=503,
+            code="unavailable",
+            title="Service unavailable",
+            detail=f"the database did not answer within {self.seconds:g}s",
+            instance=scope.get("path"),
+            request_id=scope.get("state", {}).get("request_id"),
+        )
+        await response(scope, receive, send)
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class BodyLimitMiddleware:
     """Refuses bodies over ``max_bytes`` with 413, whether or not Content-Length was sent."""
 
@@ -146,7 +207,7 @@ class SecurityHeadersMiddleware:
                 if is_page:
                     headers += [
                         (b"x-frame-options", b"DENY"),
-                        (b"content-security-policy", _csp(path).encode()),
+                        (b"content-security-policy", _CSP),
                         (b"cross-origin-opener-policy", b"same-origin"),
                     ]
                 message["headers"] = headers
@@ -155,16 +216,9 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def _csp(path: str) -> str:
-    if path.startswith("/docs"):
-        # Swagger UI loads its bundle from jsDelivr and runs one inline bootstrap script.
-        return (
-            "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "img-src 'self' data: https://fastapi.tiangolo.com; "
-            "frame-ancestors 'none'; base-uri 'none'"
-        )
-    return (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    )
+# One policy for the dashboard and /docs: Swagger UI's bundle, stylesheet and start-up script are
+# served from this origin (service.api.docs), so neither page needs a CDN or inline script.
+_CSP = (
+    b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)

@@ -6,42 +6,54 @@ import re
 import time
 from typing import Any
 
-from service.api.schemas import CaseCreate, CasePublic
+from service.api.schemas import CaseCreate
+from service.domain.findings import Containment
 from service.domain.plan import RequestedActions
-from service.errors import InvalidInput, Unavailable
+from service.domain.tenancy import TenantDomains, route, visible
+from service.errors import Forbidden, InvalidInput
 from service.logging import get_logger
-from service.persistence import cases
-from service.persistence.cases import IdempotencyRequest, NewCase, Stored, request_hash
-from service.persistence.records import CaseSnapshot
+from service.persistence import cases, tenants
+from service.persistence.cases import IdempotencyRequest, Stored, request_hash
+from service.persistence.records import CaseSnapshot, case_document
+from service.persistence.writer import NewCase
 from service.runtime import Runtime
-from service.security.inputs import check_domain
 
 log = get_logger(__name__)
 
 _IDEMPOTENCY = re.compile(r"^[\x21-\x7e]{1,255}$")
-DOMAIN_CACHE_SECONDS = 300.0
+DOMAIN_CACHE_SECONDS = 30.0
 
 
 def location(case_id: str) -> str:
     return f"/v1/cases/{case_id}"
 
 
-async def allowed_domains(runtime: Runtime) -> list[str]:
-    """UNBLOCK_ALLOWED_DOMAINS, or the tenant's accepted domains (cached for five minutes)."""
-    if runtime.settings.allowed_domains:
-        return runtime.settings.allowed_domains
-    cached = runtime.domain_cache
+async def intake_tenants(runtime: Runtime) -> list[TenantDomains]:
+    """Every tenant with the accepted domains workers stored (UNBLOCK_ALLOWED_DOMAINS for ``default``),
+    re-read every 30 s.
+
+    Never the tenants themselves: intake must not wait for, or fail with, the runner host. A
+    domain no known list holds while some list is not known yet (a first start during an
+    outage) leaves the case's tenant to the worker, which checks the domain before it sends.
+    """
+    cached = runtime.tenant_cache
     if cached is not None and time.monotonic() - cached[0] < DOMAIN_CACHE_SECONDS:
         return list(cached[1])
-    if runtime.gateway is None:
-        raise Unavailable("no domain list: set UNBLOCK_ALLOWED_DOMAINS or a PowerShell endpoint")
-    domains = await runtime.gateway.accepted_domains()
-    runtime.domain_cache = (time.monotonic(), domains)
-    return domains
+    view = await tenants.intake_view(runtime.db, runtime.settings)
+    if all(t.domains is not None for t in view if t.enabled):
+        runtime.tenant_cache = (time.monotonic(), tuple(view))
+    return view
 
 
 async def open_case(
-    runtime: Runtime, body: CaseCreate, *, actor: str, principal_id: str, key: str | None = None
+    runtime: Runtime,
+    body: CaseCreate,
+    *,
+    actor: str,
+    principal_id: str,
+    principal_kind: str,
+    key: str | None = None,
+    scope: tuple[str, ...] | None = None,
 ) -> Stored:
     """Replay an idempotent create, or validate the domain, create the case and wake the worker.
 
@@ -57,18 +69,28 @@ async def open_case(
         )
         if (earlier := await cases.replay(runtime.db, idempotency)) is not None:
             return earlier
-    check_domain(body.mailbox, await allowed_domains(runtime))
+    tenant = route(body.mailbox, await intake_tenants(runtime), requested=body.tenant)
+    if not visible(tenant, scope):
+        raise Forbidden(
+            f"this credential may open cases only for {', '.join(scope or ())}"
+            + ("" if tenant is None else f", not for tenant {tenant}")
+        )
     new = NewCase(
         mailbox=body.mailbox,
         ticket_ref=body.ticket_ref,
         requested_by=body.requested_by,
         note=body.note,
-        actions=RequestedActions.from_dict(body.actions.model_dump()),
+        actions=RequestedActions.from_dict(body.actions.model_dump()).resolve(
+            Containment(runtime.settings.containment)
+        ),
         require_approval=runtime.settings.require_approval,
+        created_by_kind=principal_kind,
+        created_by_id=principal_id,
+        tenant=tenant,
     )
 
     def render(case: CaseSnapshot) -> tuple[dict[str, Any], str]:
-        return CasePublic.of(case).model_dump(mode="json"), location(case.id)
+        return case_document(case), location(case.id)
 
     stored = await cases.create_case(
         runtime.db, new=new, actor=actor, now=runtime.clock(), render=render, idempotency=idempotency

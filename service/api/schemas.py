@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+from service.domain.findings import FindingAction, FindingKind
+from service.domain.states import CaseOutcome, CaseState, StepName, StepStatus
+from service.domain.timeline import EventType
 from service.errors import InvalidMailbox
-from service.persistence.records import CaseSnapshot, EventRecord, case_document, event_document
 from service.security.inputs import normalize_mailbox
 
 _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
@@ -17,6 +19,7 @@ _MULTILINE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"  # text without control cha
 EXAMPLE_CASE: dict[str, Any] = {
     "id": "01jd8v6k0s3x4y5z6a7b8c9d0e",
     "mailbox": "rob@contoso.com",
+    "tenant": "default",
     "state": "awaiting_propagation",
     "outcome": None,
     "ticket_ref": "INC0012345",
@@ -25,9 +28,24 @@ EXAMPLE_CASE: dict[str, Any] = {
     "actions": {
         "reset_password": True,
         "revoke_sessions": True,
-        "disable_suspicious_inbox_rules": False,
-        "remove_forwarding": False,
+        "investigate": True,
+        "disable_suspicious_inbox_rules": True,
+        "remove_forwarding": True,
     },
+    "findings": [
+        {
+            "kind": "inbox_rule",
+            "key": "rob\\1003",
+            "summary": 'inbox rule "invoice"',
+            "details": {"name": "invoice", "enabled": True, "forward_to": ["payments@fabrikam.example"]},
+            "suspicious": True,
+            "reasons": [
+                "sends mail outside the tenant to payments@fabrikam.example",
+                "deletes the messages it matches",
+            ],
+            "action": "disabled",
+        }
+    ],
     "restriction": {
         "reason": "EmailSendingLimitExceeded;InternalRecipientCountToday=12;ExternalRecipientCountToday=480;"
         "ExceedingLimitType=External",
@@ -60,16 +78,43 @@ EXAMPLE_CASE: dict[str, Any] = {
 
 
 class ActionsIn(BaseModel):
-    """What to do besides the unblock; Microsoft's procedure starts with the password reset."""
+    """What to do besides the unblock. Leave a field out for the service's default: the reset and the
+    sign-out happen, and containment follows `UNBLOCK_CONTAINMENT` (enforce, report or off); `false`
+    skips an action even under enforce, `true` does it even under report."""
 
     model_config = ConfigDict(extra="forbid")
 
-    reset_password: StrictBool = Field(True, description="reset the password at once (never e-mailed)")
-    revoke_sessions: StrictBool = Field(True, description="sign the account out everywhere")
-    disable_suspicious_inbox_rules: StrictBool = Field(
-        False, description="disable rules that forward, redirect, delete or hide mail"
+    reset_password: StrictBool | None = Field(None, description="reset the password at once (never e-mailed)")
+    revoke_sessions: StrictBool | None = Field(None, description="sign the account out everywhere")
+    disable_suspicious_inbox_rules: StrictBool | None = Field(
+        None, description="disable rules that forward mail out, delete, hide or mark it read, or trigger on payments"
     )
-    remove_forwarding: StrictBool = Field(False, description="clear mailbox-level forwarding")
+    remove_forwarding: StrictBool | None = Field(None, description="clear mailbox forwarding outside the tenant")
+
+
+class ActionsPublic(BaseModel):
+    """What the case does: the request resolved against the containment policy."""
+
+    reset_password: bool
+    revoke_sessions: bool
+    investigate: bool = Field(description="look at rules, forwarding, delegates, sign-in methods and app consents")
+    disable_suspicious_inbox_rules: bool
+    remove_forwarding: bool
+
+
+class FindingPublic(BaseModel):
+    """Something the investigation found, why it matters, and what was done about it."""
+
+    kind: FindingKind
+    key: str = Field(description="what it is about: the rule's identity, the method's or grant's id, ...")
+    summary: str
+    details: dict[str, Any]
+    suspicious: bool
+    reasons: list[str]
+    action: FindingAction = Field(
+        description="none; disable/clear (containment will); disabled/cleared (done and read back); reported "
+        "(left in place); review (a person must judge: the case stops for approval before the unblock)"
+    )
 
 
 class CaseCreate(BaseModel):
@@ -99,6 +144,12 @@ class CaseCreate(BaseModel):
         None, max_length=2000, pattern=_MULTILINE, description="free text for the timeline (lines and tabs allowed)"
     )
     actions: ActionsIn = Field(default_factory=ActionsIn)
+    tenant: str | None = Field(
+        None,
+        max_length=32,
+        pattern=r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$",
+        description="the tenant the mailbox belongs to; left out, the tenant whose accepted domains hold its domain",
+    )
 
     @field_validator("mailbox")
     @classmethod
@@ -126,17 +177,8 @@ class ErrorPublic(BaseModel):
 
 
 class StepPublic(BaseModel):
-    name: Literal[
-        "reset_password",
-        "revoke_sessions",
-        "disable_inbox_rules",
-        "remove_forwarding",
-        "check_restriction",
-        "unblock",
-        "verify",
-        "propagation",
-    ]
-    status: Literal["pending", "running", "succeeded", "skipped", "failed"]
+    name: StepName
+    status: StepStatus
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None
@@ -149,21 +191,6 @@ class CredentialPublic(BaseModel):
     revealed_at: datetime | None
 
 
-CaseStateName = Literal[
-    "received",
-    "securing_account",
-    "checking_restriction",
-    "awaiting_approval",
-    "unblocking",
-    "verifying",
-    "awaiting_propagation",
-    "resolved",
-    "failed",
-    "escalated",
-    "cancelled",
-]
-
-
 class CasePublic(BaseModel):
     """A case as the contract shows it."""
 
@@ -171,13 +198,15 @@ class CasePublic(BaseModel):
 
     id: str
     mailbox: str
-    state: CaseStateName
-    outcome: Literal["unblocked", "not_restricted", "failed", "escalated", "cancelled"] | None
+    tenant: str | None = Field(description="the tenant it belongs to; null until a worker has decided")
+    state: CaseState
+    outcome: CaseOutcome | None
     ticket_ref: str | None
     requested_by: str | None
     note: str | None
-    actions: ActionsIn
+    actions: ActionsPublic
     restriction: RestrictionPublic | None
+    findings: list[FindingPublic] | None = Field(description="what the investigation found; null before it ran")
     steps: list[StepPublic]
     credential: CredentialPublic | None
     last_error: ErrorPublic | None
@@ -187,10 +216,6 @@ class CasePublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     version: int
-
-    @classmethod
-    def of(cls, case: CaseSnapshot) -> CasePublic:
-        return cls.model_validate(case_document(case))
 
 
 class CasesPage(BaseModel):
@@ -210,7 +235,7 @@ class EventPublic(BaseModel):
                     "from_state": "unblocking",
                     "to_state": "verifying",
                     "step": None,
-                    "detail": {"action": "verify", "summary": "unblocked"},
+                    "detail": {"from": "unblocking", "to": "verifying", "reason": "unblocked"},
                 }
             ]
         }
@@ -219,15 +244,11 @@ class EventPublic(BaseModel):
     id: int
     at: datetime
     actor: str = Field(description="the API key's name, `worker`, or `discovery`")
-    type: str = Field(examples=["state.changed", "step.succeeded", "credential.revealed"])
-    from_state: str | None
-    to_state: str | None
-    step: str | None
+    type: EventType
+    from_state: CaseState | None
+    to_state: CaseState | None
+    step: StepName | None
     detail: dict[str, Any]
-
-    @classmethod
-    def of(cls, event: EventRecord) -> EventPublic:
-        return cls.model_validate(event_document(event))
 
 
 class EventsPage(BaseModel):

@@ -15,25 +15,34 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from service.domain.audit import Actor
+from service.domain.findings import Finding, needs_review
 from service.domain.plan import resume_step_after
 from service.domain.retry import RetryPolicy, next_attempt_at
 from service.domain.states import (
     DONE_STATUSES,
-    SECURING_STEPS,
+    PREPARING_STEPS,
     STEP_STATE,
     TERMINAL_STATES,
+    CaseOutcome,
     CaseState,
-    Outcome,
     StepName,
     StepStatus,
 )
 from service.domain.tenant import Restriction
-from service.domain.transitions import Action, apply
-from service.errors import InvalidTransition
+from service.domain.transitions import Action, apply, can
+from service.errors import ApproverIsRequester, InvalidTransition
 
 #: Codes after which a person must act; retrying on our own would not help.
 ESCALATING_CODES: frozenset[str] = frozenset(
-    {"unblock_limit_exceeded", "permission_denied", "synced_user", "reblocked", "still_restricted"}
+    {
+        "unblock_limit_exceeded",
+        "permission_denied",
+        "synced_user",
+        "reblocked",
+        "still_restricted",
+        "containment_not_verified",
+    }
 )
 
 #: What the person who picks up an escalated or failed case should do, by error code.
@@ -59,7 +68,36 @@ GUIDANCE: dict[str, str] = {
         "Check the Microsoft 365 Defender portal (Restricted entities), then retry."
     ),
     "mailbox_not_found": "The tenant has no such user or mailbox. Check the address in the ticket.",
+    "findings_need_review": (
+        "The sender is not on the restricted list, but the investigation found what only a person can judge "
+        "(a new sign-in method, an app with access to mail, or a delegate); see the case's findings. Remove what "
+        "is not the user's own, then retry to investigate again."
+    ),
+    "containment_not_verified": (
+        "A containment change did not hold when read back (an inbox rule still enabled, or forwarding still "
+        "set). Check the mailbox by hand, then retry."
+    ),
+    "foreign_mailbox": (
+        "The mailbox's domain is not one of the tenant's accepted domains, so nothing was sent for it. "
+        "Check the address in the ticket (or UNBLOCK_ALLOWED_DOMAINS)."
+    ),
 }
+
+
+def same_principal(one: Actor, other: Actor) -> bool:
+    """Are these the same principal? By kind and id; by name for cases opened before ids were recorded."""
+    if one.id and other.id:
+        return (one.kind, one.id) == (other.kind, other.id)
+    return one.name == other.name
+
+
+def check_four_eyes(opener: Actor, approver: Actor, *, allow_self: bool) -> None:
+    """Approval is a second person's decision, unless the operator allowed self-approval (small teams)."""
+    if not allow_self and same_principal(opener, approver):
+        raise ApproverIsRequester(
+            f"{approver.name} opened this case and cannot also approve it; another person must "
+            "(or set UNBLOCK_APPROVAL_ALLOW_SELF=true)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +116,8 @@ class CaseView:
     steps: tuple[StepView, ...]
     require_approval: bool = False
     sending_restored_by: datetime | None = None
+    findings: tuple[Finding, ...] = ()
+    outcome: CaseOutcome | None = None
 
     def step(self, name: StepName) -> StepView:
         for step in self.steps:
@@ -97,10 +137,12 @@ class Timing:
 
 @dataclass(frozen=True, slots=True)
 class Succeeded:
-    """A step did its work. ``restriction`` is what a lookup found (None: not listed)."""
+    """A step did its work. ``restriction`` is what a lookup found (None: not listed); ``findings``, the
+    case's findings after an investigation or a containment step (None: they did not change)."""
 
     restriction: Restriction | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    findings: tuple[Finding, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +176,12 @@ class Decision:
     action: Action | None
     steps: tuple[StepChange, ...]
     next_action_at: datetime | None
-    outcome: Outcome | None = None
+    outcome: CaseOutcome | None = None
     last_error: dict[str, Any] | None = None
     restriction: dict[str, Any] | None = None
     sending_restored_by: datetime | None = None
     summary: str = ""
+    findings: tuple[Finding, ...] | None = None  # the case's findings, when they change
 
     @property
     def changes_state(self) -> bool:
@@ -155,16 +198,24 @@ def next_step(case: CaseView) -> StepName | None:
     return None
 
 
+#: How a case enters the state a preparing step (or the check) runs in.
+_ENTER: dict[CaseState, Action] = {
+    CaseState.securing_account: Action.secure,
+    CaseState.investigating: Action.investigate,
+    CaseState.containing: Action.contain,
+    CaseState.checking_restriction: Action.check,
+}
+
+
 def begin(case: CaseView, step: StepName) -> Action | None:
     """The state change that starting ``step`` implies (received -> securing, and so on)."""
     target = STEP_STATE[step]
     if case.state is target:
         return None
-    if case.state is CaseState.received:
-        return Action.secure if target is CaseState.securing_account else Action.check
-    if case.state is CaseState.securing_account and target is CaseState.checking_restriction:
-        return Action.check
-    return None
+    action = _ENTER.get(target)
+    if action is None or not can(action, case.state):
+        return None
+    return action
 
 
 def needs_precheck(step: StepView) -> bool:
@@ -190,8 +241,8 @@ def decide(
     """The decision after ``step`` ran with ``result`` (the step is already marked running)."""
     if isinstance(result, Failed):
         return _on_failure(case, step, result, now, policy=policy, spread=spread)
-    if step in SECURING_STEPS:
-        return _after_securing(case, step, now)
+    if step in PREPARING_STEPS:
+        return _after_preparing(case, step, result, now)
     if step is StepName.check_restriction:
         return _after_check(case, result, now)
     if step is StepName.unblock:
@@ -225,14 +276,23 @@ def _stay(
     return Decision(state=case.state, action=None, steps=steps, next_action_at=next_at, summary=summary, **fields)
 
 
-def _after_securing(case: CaseView, step: StepName, now: datetime) -> Decision:
+_DONE_SUMMARY: dict[CaseState, str] = {
+    CaseState.investigating: "account secured; investigating the mailbox",
+    CaseState.containing: "containing what was found",
+    CaseState.checking_restriction: "mailbox secured",
+}
+
+
+def _after_preparing(case: CaseView, step: StepName, result: Succeeded, now: datetime) -> Decision:
+    """A step before the check is done: run the next one, moving the case on when its state differs."""
     done = (StepChange(step, StepStatus.succeeded),)
-    remaining = [
-        s for s in case.steps if s.name in SECURING_STEPS and s.name is not step and s.status not in DONE_STATUSES
-    ]
-    if remaining:
-        return _stay(case, done, now, f"{step.value} done")
-    return _move(case, Action.check, done, now, "account secured")
+    names = [s.name for s in case.steps]
+    later = [case.step(n) for n in names[names.index(step) + 1 :]]
+    following = next((s.name for s in later if s.status not in DONE_STATUSES), StepName.check_restriction)
+    target = STEP_STATE[following]
+    if target is case.state:
+        return _stay(case, done, now, f"{step.value} done", findings=result.findings)
+    return _move(case, _ENTER[target], done, now, _DONE_SUMMARY[target], findings=result.findings)
 
 
 def _skip_rest(case: CaseView, after: StepName) -> tuple[StepChange, ...]:
@@ -241,18 +301,37 @@ def _skip_rest(case: CaseView, after: StepName) -> tuple[StepChange, ...]:
     return tuple(StepChange(n, StepStatus.skipped) for n in later if case.step(n).status not in DONE_STATUSES)
 
 
+def _review_summary(findings: list[Finding]) -> str:
+    return "; ".join(f.summary for f in findings)
+
+
 def _after_check(case: CaseView, result: Succeeded, now: datetime) -> Decision:
     done = StepChange(StepName.check_restriction, StepStatus.succeeded)
+    review = needs_review(case.findings)
     if result.restriction is None:
+        rest = (done, *_skip_rest(case, StepName.check_restriction))
+        if review:
+            error = {
+                "code": "findings_need_review",
+                "message": f"{GUIDANCE['findings_need_review']} Found: {_review_summary(review)}.",
+                "retryable": False,
+            }
+            return _move(
+                case,
+                Action.escalate,
+                rest,
+                None,
+                "not restricted, but findings need a person",
+                outcome=CaseOutcome.not_restricted,
+                last_error=error,
+            )
         return _move(
-            case,
-            Action.resolve,
-            (done, *_skip_rest(case, StepName.check_restriction)),
-            None,
-            "sender is not on the restricted list",
-            outcome=Outcome.not_restricted,
+            case, Action.resolve, rest, None, "sender is not on the restricted list", outcome=CaseOutcome.not_restricted
         )
     restriction = result.restriction.as_case_field()
+    if review:
+        summary = f"restricted; findings need a person before the unblock: {_review_summary(review)}"
+        return _move(case, Action.await_approval, (done,), None, summary, restriction=restriction)
     if case.require_approval:
         return _move(
             case,
@@ -284,7 +363,7 @@ def _after_verify(
             (done, StepChange(StepName.propagation, StepStatus.succeeded)),
             None,
             "unblocked; no propagation wait configured",
-            outcome=Outcome.unblocked,
+            outcome=CaseOutcome.unblocked,
             sending_restored_by=restored_by,
         )
     return _move(
@@ -306,7 +385,7 @@ def _after_recheck(case: CaseView, result: Succeeded, now: datetime, *, timing: 
             (StepChange(StepName.propagation, StepStatus.failed, error),),
             None,
             "re-blocked while waiting",
-            outcome=Outcome.escalated,
+            outcome=CaseOutcome.escalated,
             last_error=error,
             restriction=result.restriction.as_case_field(),
         )
@@ -318,7 +397,7 @@ def _after_recheck(case: CaseView, result: Succeeded, now: datetime, *, timing: 
             (StepChange(StepName.propagation, StepStatus.succeeded),),
             None,
             "sending restored",
-            outcome=Outcome.unblocked,
+            outcome=CaseOutcome.unblocked,
         )
     return _stay(
         case,
@@ -353,7 +432,7 @@ def _on_failure(
     if guidance:
         message = f"{message}. {guidance}"
     error = {"code": failed.code, "message": message, "retryable": False}
-    action, outcome = (Action.escalate, Outcome.escalated) if escalates else (Action.fail, Outcome.failed)
+    action, outcome = (Action.escalate, CaseOutcome.escalated) if escalates else (Action.fail, CaseOutcome.failed)
     return _move(
         case,
         action,
@@ -371,11 +450,13 @@ def approve(case: CaseView, now: datetime) -> Decision:
 
 def cancel(case: CaseView) -> Decision:
     pending = tuple(StepChange(s.name, StepStatus.skipped) for s in case.steps if s.status in (StepStatus.pending,))
-    return _move(case, Action.cancel, pending, None, "cancelled", outcome=Outcome.cancelled)
+    return _move(case, Action.cancel, pending, None, "cancelled", outcome=CaseOutcome.cancelled)
 
 
 _RETRY_ACTION: dict[CaseState, Action] = {
     CaseState.securing_account: Action.retry_securing,
+    CaseState.investigating: Action.retry_investigate,
+    CaseState.containing: Action.retry_contain,
     CaseState.checking_restriction: Action.retry_check,
     CaseState.unblocking: Action.retry_unblock,
     CaseState.verifying: Action.retry_verify,
@@ -390,6 +471,10 @@ def retry(case: CaseView, now: datetime) -> Decision:
     failed = next((s for s in case.steps if s.status is StepStatus.failed), None)
     stopped_at = failed.name if failed else next_step(replace(case, state=CaseState.received))
     resume = resume_step_after(stopped_at or StepName.check_restriction)
+    investigated = any(s.name is StepName.investigate for s in case.steps)
+    if case.outcome is CaseOutcome.not_restricted and investigated:
+        # Escalated for findings a person had to judge: once they have, look at the mailbox again.
+        resume = StepName.investigate
     action = _RETRY_ACTION[STEP_STATE[resume]]
     names = [s.name for s in case.steps]
     again = tuple(StepChange(n, StepStatus.pending, None, reset_counters=True) for n in names[names.index(resume) :])

@@ -5,15 +5,52 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from service.domain.states import STEP_STATE, CaseState, StepName
+from service.domain.findings import Containment, ContainmentPlan
+from service.domain.states import StepName
 
 
 @dataclass(frozen=True, slots=True)
 class RequestedActions:
-    """The ``actions`` object of a case; defaults follow Microsoft's procedure (contract section 4)."""
+    """The ``actions`` a requester sent: each true, false, or left to the service (None).
+
+    Left out, the password reset and the sign-out happen (Microsoft's procedure starts with them)
+    and the containment actions follow ``UNBLOCK_CONTAINMENT``; an explicit false skips one even
+    under ``enforce``, an explicit true does it even under ``report``.
+    """
+
+    reset_password: bool | None = None
+    revoke_sessions: bool | None = None
+    disable_suspicious_inbox_rules: bool | None = None
+    remove_forwarding: bool | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> RequestedActions:
+        data = data or {}
+        return cls(**{k: None if v is None else bool(v) for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def resolve(self, containment: Containment) -> Actions:
+        """What this case will do, under the operator's containment policy."""
+        contain = containment is Containment.enforce
+
+        def given(value: bool | None, default: bool) -> bool:
+            return default if value is None else value
+
+        return Actions(
+            reset_password=given(self.reset_password, True),
+            revoke_sessions=given(self.revoke_sessions, True),
+            investigate=containment is not Containment.off,
+            disable_suspicious_inbox_rules=given(self.disable_suspicious_inbox_rules, contain),
+            remove_forwarding=given(self.remove_forwarding, contain),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    """What a case does (the ``actions`` of the case document): the request resolved against the policy."""
 
     reset_password: bool = True
     revoke_sessions: bool = True
+    investigate: bool = False  # cases opened before investigations existed have none
     disable_suspicious_inbox_rules: bool = False
     remove_forwarding: bool = False
 
@@ -21,14 +58,21 @@ class RequestedActions:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> RequestedActions:
+    def from_dict(cls, data: dict[str, Any] | None) -> Actions:
         data = data or {}
         return cls(**{k: bool(v) for k, v in data.items() if k in cls.__dataclass_fields__})
 
+    @property
+    def containment(self) -> ContainmentPlan:
+        return ContainmentPlan(
+            disable_rules=self.disable_suspicious_inbox_rules, clear_forwarding=self.remove_forwarding
+        )
 
-_SECURING_BY_ACTION: tuple[tuple[str, StepName], ...] = (
+
+_PREPARING_BY_ACTION: tuple[tuple[str, StepName], ...] = (
     ("reset_password", StepName.reset_password),
     ("revoke_sessions", StepName.revoke_sessions),
+    ("investigate", StepName.investigate),
     ("disable_suspicious_inbox_rules", StepName.disable_inbox_rules),
     ("remove_forwarding", StepName.remove_forwarding),
 )
@@ -41,14 +85,10 @@ _ALWAYS: tuple[StepName, ...] = (
 )
 
 
-def build_plan(actions: RequestedActions) -> tuple[StepName, ...]:
-    """Securing steps first (Microsoft: reset the password at once), then the unblock itself."""
-    securing = tuple(step for flag, step in _SECURING_BY_ACTION if getattr(actions, flag))
-    return securing + _ALWAYS
-
-
-def state_for(step: StepName) -> CaseState:
-    return STEP_STATE[step]
+def build_plan(actions: Actions) -> tuple[StepName, ...]:
+    """Secure the account first (Microsoft: reset the password at once), investigate, contain, then unblock."""
+    preparing = tuple(step for flag, step in _PREPARING_BY_ACTION if getattr(actions, flag))
+    return preparing + _ALWAYS
 
 
 def resume_step_after(step: StepName) -> StepName:

@@ -7,7 +7,7 @@ Exchange reports why a sender was restricted in one ``;``-separated ``Reason`` s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -77,26 +77,92 @@ class Restriction:
 
 @dataclass(frozen=True, slots=True)
 class InboxRule:
+    """One inbox rule as Get-InboxRule reports it (addresses already taken out of "Name [SMTP:address]")."""
+
     identity: str
     name: str
     enabled: bool
     forward_to: tuple[str, ...] = ()
+    forward_as_attachment_to: tuple[str, ...] = ()
     redirect_to: tuple[str, ...] = ()
     delete_message: bool = False
+    soft_delete_message: bool = False
     move_to_folder: str | None = None
+    mark_as_read: bool = False
+    subject_contains: tuple[str, ...] = ()
+    subject_or_body_contains: tuple[str, ...] = ()
+    body_contains: tuple[str, ...] = ()
+    hidden: bool = False  # returned only with -IncludeHidden
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """A mailbox's own forwarding (Get-Mailbox): to an SMTP address, or to a recipient of the directory."""
+
+    smtp_address: str | None = None  # ForwardingSmtpAddress without its "smtp:" prefix
+    address: str | None = None  # ForwardingAddress: a recipient's identity
+    address_smtp: str | None = None  # that recipient's primary SMTP address, when it could be read
+    deliver_and_forward: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxPermission:
+    """One Get-MailboxPermission entry."""
+
+    user: str
+    rights: tuple[str, ...]
+    inherited: bool = False
+    deny: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientPermission:
+    """One Get-RecipientPermission entry (Send As)."""
+
+    trustee: str
+    rights: tuple[str, ...]
+    access_control_type: str = "Allow"
+    inherited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthMethod:
+    """One sign-in method (Get-MgUserAuthenticationMethod): its Graph type and what Graph says about it."""
+
+    id: str
+    odata_type: str  # e.g. #microsoft.graph.microsoftAuthenticatorAuthenticationMethod
+    display_name: str | None = None
+    created_at: datetime | None = None  # published for some kinds only
+    detail: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def suspicious(self) -> bool:
-        """Rules attackers plant: forward or redirect mail out, delete it, or hide it away."""
-        hidden = (self.move_to_folder or "").lower() in {
-            "rss feeds",
-            "rss subscriptions",
-            "conversation history",
-            "archive",
-            "junk email",
-            "deleted items",
-        }
-        return self.enabled and bool(self.forward_to or self.redirect_to or self.delete_message or hidden)
+    def kind(self) -> str:
+        """microsoftAuthenticator, phone, fido2, password... (the type without its namespace and suffix)."""
+        name = self.odata_type.rsplit(".", 1)[-1]
+        return name.removesuffix("AuthenticationMethod") or name
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthGrant:
+    """A delegated permission grant (Get-MgUserOauth2PermissionGrant)."""
+
+    id: str
+    client_id: str  # the client service principal's object id
+    consent_type: str
+    resource_id: str
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePrincipal:
+    """The app a grant was given to (Get-MgServicePrincipal)."""
+
+    id: str
+    display_name: str
+    app_id: str
+    owner_tenant_id: str | None = None
+    publisher_name: str | None = None
+    verified_publisher: str | None = None  # the verified publisher's display name, when there is one
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +170,4 @@ class UserInfo:
     upn: str
     on_premises_sync: bool
     account_enabled: bool = True
+    object_id: str | None = None  # the directory object id (Get-MgUser Id)

@@ -17,7 +17,9 @@ from service.errors import InvalidTransition
 
 class Action(StrEnum):
     secure = "secure"  # the worker starts the account-securing steps
-    check = "check"  # securing done (or none asked): look the sender up
+    investigate = "investigate"  # look at what the attacker may have left in the mailbox
+    contain = "contain"  # disable suspicious inbox rules, clear external forwarding
+    check = "check"  # securing and containment done (or none asked): look the sender up
     await_approval = "await_approval"  # restricted, and a person must approve the unblock
     approve = "approve"  # a person approved
     unblock = "unblock"  # restricted: remove it from the list
@@ -28,17 +30,22 @@ class Action(StrEnum):
     escalate = "escalate"  # a person must act (limit reached, re-blocked, permission)
     cancel = "cancel"  # a person cancelled before the unblock started
     retry_securing = "retry_securing"  # retry of a failed or escalated case, resuming here ...
+    retry_investigate = "retry_investigate"
+    retry_contain = "retry_contain"
     retry_check = "retry_check"
     retry_unblock = "retry_unblock"
     retry_verify = "retry_verify"
 
 
-_WORKING = (S.received, S.securing_account, S.checking_restriction, S.unblocking, S.verifying)
+_PREPARING = (S.received, S.securing_account, S.investigating, S.containing)
+_WORKING = (*_PREPARING, S.checking_restriction, S.unblocking, S.verifying)
 
 #: action -> {from state: to state}
 TRANSITIONS: dict[Action, dict[S, S]] = {
     Action.secure: {S.received: S.securing_account},
-    Action.check: {S.received: S.checking_restriction, S.securing_account: S.checking_restriction},
+    Action.investigate: {S.received: S.investigating, S.securing_account: S.investigating},
+    Action.contain: {S.received: S.containing, S.securing_account: S.containing, S.investigating: S.containing},
+    Action.check: dict.fromkeys(_PREPARING, S.checking_restriction),
     Action.await_approval: {S.checking_restriction: S.awaiting_approval},
     Action.approve: {S.awaiting_approval: S.unblocking},
     Action.unblock: {S.checking_restriction: S.unblocking},
@@ -51,13 +58,10 @@ TRANSITIONS: dict[Action, dict[S, S]] = {
     },
     Action.fail: dict.fromkeys((*_WORKING, S.awaiting_propagation), S.failed),
     Action.escalate: dict.fromkeys((*_WORKING, S.awaiting_propagation), S.escalated),
-    Action.cancel: {
-        S.received: S.cancelled,
-        S.securing_account: S.cancelled,
-        S.checking_restriction: S.cancelled,
-        S.awaiting_approval: S.cancelled,
-    },
+    Action.cancel: dict.fromkeys((*_PREPARING, S.checking_restriction, S.awaiting_approval), S.cancelled),
     Action.retry_securing: {S.failed: S.securing_account, S.escalated: S.securing_account},
+    Action.retry_investigate: {S.failed: S.investigating, S.escalated: S.investigating},
+    Action.retry_contain: {S.failed: S.containing, S.escalated: S.containing},
     Action.retry_check: {S.failed: S.checking_restriction, S.escalated: S.checking_restriction},
     Action.retry_unblock: {S.failed: S.unblocking, S.escalated: S.unblocking},
     Action.retry_verify: {S.failed: S.verifying, S.escalated: S.verifying},

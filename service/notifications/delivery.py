@@ -5,6 +5,11 @@ sent before the earlier events of the same case reached that subscription), sign
 ``standardwebhooks`` library (headers ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``),
 and POSTed as JSON. A 2xx is success; anything else is retried with exponential backoff until
 ``UNBLOCK_WEBHOOK_MAX_AGE``, then dead-lettered, visible through the API with a redeliver action.
+
+Every attempt checks the receiver's address again and connects only to an address it allowed
+(:mod:`service.notifications.transport`), without following redirects. A failure is stored as a
+category (``timeout``, ``connect_failed``, ``tls``, ``refused_address``, ``http_<status>``), never
+as the exception's text, which would tell the subscriber what answers inside the network.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from standardwebhooks.webhooks import Webhook
 
 from service import metrics
 from service.domain.retry import RetryPolicy, backoff_seconds
-from service.errors import Unavailable
+from service.errors import RefusedDestination, Unavailable, UnresolvableHost
 from service.logging import get_logger
+from service.notifications.transport import CheckedDestinationTransport, failure_category
 from service.persistence import webhooks
 from service.persistence.listen import listen
 from service.persistence.outbox import WEBHOOK_CHANNEL
@@ -70,8 +76,15 @@ class WebhookDispatcher:
             # delivery. On PostgreSQL the outbox notifies only when it did, so a case's steps
             # (which mostly fan out to nobody) do not each cost this loop two transactions.
             self.runtime.events.listeners.append(lambda _: self.poke())
+        transport = CheckedDestinationTransport(
+            policy=lambda: self.runtime.webhook_policy, resolver=lambda: self.runtime.resolver
+        )
         self._client = httpx.AsyncClient(
-            timeout=self.timeout, headers={"User-Agent": USER_AGENT}, follow_redirects=False
+            transport=transport,
+            timeout=self.timeout,
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+            trust_env=False,
         )
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._loop(), name="webhook-delivery"))
@@ -131,15 +144,19 @@ class WebhookDispatcher:
         }
         status: int | None = None
         error: str | None = None
+        error_class: str | None = None
         try:
             response = await self._client.post(delivery.url, content=body.encode("utf-8"), headers=headers)
             status = response.status_code
             ok = 200 <= status < 300
             if not ok:
-                error = f"HTTP {status}"
+                error = f"http_{status}"
+        except (RefusedDestination, httpx.InvalidURL) as failure:
+            ok, error, error_class = False, "refused_address", type(failure).__name__
+        except UnresolvableHost as failure:
+            ok, error, error_class = False, "connect_failed", type(failure).__name__
         except httpx.HTTPError as failure:
-            ok = False
-            error = f"{type(failure).__name__}: {failure}"[:300]
+            ok, error, error_class = False, failure_category(failure), type(failure).__name__
         attempt = delivery.attempts + 1
         next_at: datetime | None = None
         if not ok:
@@ -155,6 +172,8 @@ class WebhookDispatcher:
             status=status,
             attempt=attempt,
             outcome=outcome,
+            error=error,
+            error_class=error_class,
         )
         await webhooks.record_outcome(
             self.runtime.db,

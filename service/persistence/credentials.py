@@ -1,86 +1,68 @@
-"""The sealed temporary password: revealed once, destroyed after, or destroyed unrevealed at expiry."""
+"""The sealed temporary password: revealed once, destroyed after, or destroyed unrevealed at expiry.
+
+Both are case changes like any other (:mod:`service.persistence.writer`): they bump the case's
+version, so a reveal and an expiry, or two reveals, cannot both win.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlmodel import col, select, update
+from sqlmodel import col, select
 
-from service.errors import CaseNotFound, CredentialGone, CredentialNotFound, CredentialNotReady
-from service.persistence import audit, cases, outbox
-from service.persistence.cases import SealedSecret
+from service.domain import credential as rules
+from service.domain.audit import Actor, AuditSigner
+from service.domain.timeline import CaseChange, CredentialMove, credential_expired
+from service.errors import CredentialGone
 from service.persistence.db import Database
-from service.persistence.models import Case, CaseEvent, Credential
-from service.persistence.records import case_document
+from service.persistence.models import Credential
+from service.persistence.records import CaseSnapshot
+from service.persistence.writer import SealedSecret, change_case
 
 
-async def take_for_reveal(db: Database, *, case_id: str, actor: str, now: datetime) -> tuple[SealedSecret, datetime]:
-    """Hand the sealed value out exactly once: the same transaction destroys it.
+async def take_for_reveal(
+    db: Database, *, case_id: str, actor: Actor, signer: AuditSigner, now: datetime
+) -> tuple[SealedSecret, datetime]:
+    """Hand the sealed value out exactly once: the same transaction destroys it."""
 
-    The row is locked (FOR UPDATE on PostgreSQL; SQLite's write transaction is exclusive), so
-    two concurrent reveals cannot both succeed.
-    """
-    async with db.write() as session:
-        case = await session.get(Case, case_id)
-        if case is None:
-            raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
-        row = (await session.exec(select(Credential).where(Credential.case_id == case_id).with_for_update())).first()
-        if row is None or row.applied_at is None:
-            if case.is_open and case.actions.get("reset_password", True):
-                raise CredentialNotReady("the password reset has not run yet; ask again once the case has passed it")
-            raise CredentialNotFound("this case has no temporary password (no reset was asked for, or it failed)")
-        if row.revealed_at is not None:
-            raise CredentialGone(f"the temporary password was already revealed at {row.revealed_at.isoformat()}")
-        if row.destroyed_at is not None or row.sealed is None:
-            raise CredentialGone("the temporary password was destroyed unrevealed (it expired)")
-        if row.expires_at is not None and row.expires_at <= now:
-            row.sealed, row.destroyed_at, row.destroyed_reason = None, now, "expired"
-            session.add(row)
-            raise CredentialGone("the temporary password expired unrevealed")
-        sealed = SealedSecret(key_id=row.key_id, blob=bytes(row.sealed))
-        expires_at = row.expires_at or now
-        row.sealed = None
-        row.revealed_at = now
-        row.revealed_by = actor
-        row.destroyed_at = now
-        row.destroyed_reason = "revealed"
-        session.add(row)
-        session.add(
-            CaseEvent(case_id=case_id, at=now, actor=actor, type="credential.revealed", detail={"revealed_by": actor})
+    def build(case: CaseSnapshot) -> CaseChange:
+        return rules.reveal(
+            state=case.state,
+            reset_asked=bool(case.actions.get("reset_password", True)),
+            credential=case.credential,
+            actor=actor,
+            now=now,
         )
-        await audit.append(session, at=now, actor=actor, action="credential.revealed", target=case_id, detail={})
-        await session.flush()
-        revealed = await cases.snapshot_in(session, case_id)
-        await outbox.emit(
-            session,
-            type="credential.revealed",
-            at=now,
-            data={"case": case_document(revealed), "revealed_by": actor, "revealed_at": now.isoformat()},
-            case_id=case_id,
-            ordering_key=f"case:{case_id}",
-        )
-        # Not a state change: the version (the worker's compare-and-set guard) stays as it is.
-        await session.exec(update(Case).where(col(Case.id) == case_id).values(updated_at=now))
-    return sealed, expires_at
+
+    written = await change_case(db, case_id=case_id, build=build, now=now, signer=signer)
+    if written is None or written.change.credential is None:
+        raise AssertionError("a reveal always writes a credential change")
+    if written.change.credential.move is CredentialMove.expire or written.secret is None:
+        raise CredentialGone("the temporary password expired unrevealed")
+    credential = written.case.credential
+    return written.secret, (credential.expires_at if credential and credential.expires_at else now)
 
 
 async def expire(db: Database, *, now: datetime) -> int:
-    """Destroy every applied, unrevealed password past its time; one event per case."""
-    async with db.write() as session:
-        rows = (
+    """Destroy every applied, unrevealed password past its time; one change (and event) per case."""
+    async with db.read() as session:
+        due = (
             await session.exec(
-                select(Credential)
-                .where(
+                select(Credential.case_id).where(
                     col(Credential.expires_at) <= now,
                     col(Credential.destroyed_at).is_(None),
                     col(Credential.revealed_at).is_(None),
                 )
-                .with_for_update(skip_locked=True)
             )
         ).all()
-        for row in rows:
-            row.sealed, row.destroyed_at, row.destroyed_reason = None, now, "expired"
-            session.add(row)
-            session.add(CaseEvent(case_id=row.case_id, at=now, actor="worker", type="credential.expired", detail={}))
-            await session.exec(update(Case).where(col(Case.id) == row.case_id).values(updated_at=now))
-        return len(rows)
+
+    def build(case: CaseSnapshot) -> CaseChange | None:
+        if case.credential is None or not case.credential.due_to_expire(now):
+            return None  # revealed or expired meanwhile
+        return credential_expired(state=case.state)
+
+    expired = 0
+    for case_id in due:
+        if await change_case(db, case_id=case_id, build=build, now=now) is not None:
+            expired += 1
+    return expired

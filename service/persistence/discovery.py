@@ -7,12 +7,13 @@ from datetime import datetime
 
 from sqlmodel import col, select
 
-from service.domain.plan import RequestedActions
+from service.domain.plan import Actions
 from service.domain.tenant import Restriction
 from service.persistence import outbox
-from service.persistence.cases import NewCase, insert_case
 from service.persistence.db import Database
 from service.persistence.models import Case, RestrictedSender
+from service.persistence.tenant_facts import DEFAULT_TENANT, apply_restriction, mark_senders_fetched
+from service.persistence.writer import NewCase, insert_case
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,43 +43,49 @@ async def record_listing(
     now: datetime,
     auto_remediate: bool,
     require_approval: bool,
+    actions: Actions,
     actor: str = "discovery",
+    report: bool = True,
+    tenant: str = DEFAULT_TENANT,
 ) -> list[Sighting]:
-    """Note every listed sender; report the new ones (sender.restricted) unless a case already covers them.
+    """Store the full listing as the tenant's restricted list (and when it was read); with ``report``
+    (discovery is on), report the new senders (sender.restricted) unless a case already covers them.
 
     ``valid`` are the addresses the service may act on (plain addresses in its domains); others
     are still reported, but never get a case opened automatically.
     """
     sightings: list[Sighting] = []
     async with db.write() as session:
-        known = {r.address: r for r in (await session.exec(select(RestrictedSender))).all()}
+        known = {
+            r.address: r
+            for r in (await session.exec(select(RestrictedSender).where(RestrictedSender.tenant == tenant))).all()
+        }
         seen: set[str] = set()
         for restriction in listed:
             address = restriction.sender_address.lower()
             seen.add(address)
             row = known.get(address)
-            new = row is None or row.cleared_at is not None
-            if row is None:
-                row = RestrictedSender(address=address, first_seen_at=now, last_seen_at=now)
-            row.reason = restriction.reason[:2000]
-            row.blocked_at = restriction.blocked_at
-            row.last_seen_at = now
-            row.cleared_at = None
-            if not new:
+            if row is None or row.cleared_at is not None:  # a new restriction (or one again after a clear)
+                row = row or RestrictedSender(address=address, tenant=tenant, first_seen_at=now, last_seen_at=now)
+                row.first_seen_at = now
+                row.reported_at = None
+                row.case_id = None
+            apply_restriction(row, restriction, now)
+            # Reported once: not yet reported, and no case took it on (a case's lookup notes its case).
+            if not report or row.reported_at is not None or row.case_id is not None:
                 session.add(row)
                 continue
             open_case = (await session.exec(select(Case.id).where(Case.mailbox == address, col(Case.is_open)))).first()
-            row.first_seen_at = now
-            row.reported_at = None
             row.case_id = open_case
             if open_case is None:
                 await outbox.emit(
                     session,
                     type="sender.restricted",
                     at=now,
-                    data={"sender": _sender(restriction)},
+                    data={"sender": _sender(restriction), "tenant": tenant},
                     case_id=None,
                     ordering_key=f"sender:{address}",
+                    tenant=tenant,
                 )
                 row.reported_at = now
                 if auto_remediate and address in valid:
@@ -89,8 +96,11 @@ async def record_listing(
                             None,
                             "discovery",
                             "opened automatically by discovery",
-                            RequestedActions(),
+                            actions,
                             require_approval,
+                            created_by_kind="service",
+                            created_by_id="discovery",
+                            tenant=tenant,
                         ),
                         actor=actor,
                         now=now,
@@ -102,4 +112,5 @@ async def record_listing(
             if address not in seen and row.cleared_at is None:
                 row.cleared_at = now
                 session.add(row)
+        await mark_senders_fetched(session, now=now, tenant=tenant)
     return sightings

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, update
 
-from service.errors import ApiKeyNotFound
-from service.persistence import audit
+from service.domain.audit import SYSTEM, Actor, AuditSigner
+from service.errors import ApiKeyNameTaken, ApiKeyNotFound, InvalidInput
+from service.persistence import audit, ui_sessions
 from service.persistence.db import Database
 from service.persistence.models import ApiKey
 from service.persistence.types import utcnow
+
+# How PostgreSQL (the index's name) and SQLite (table.column) report a duplicate name.
+_NAME_INDEX = re.compile(r"uq_api_keys_name|api_keys\.name")
+
+if TYPE_CHECKING:
+    from sqlmodel.ext.asyncio.session import AsyncSession
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +35,7 @@ class KeyRecord:
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    tenants: tuple[str, ...] | None = None  # the tenants it may see; None: every tenant
 
     def usable(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -41,6 +52,7 @@ def _record(row: ApiKey) -> KeyRecord:
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+        tenants=tuple(row.tenants) if row.tenants is not None else None,
     )
 
 
@@ -52,27 +64,54 @@ async def create_key(
     key_hash: str,
     scopes: list[str],
     expires_at: datetime | None = None,
-    actor: str = "system",
+    tenants: list[str] | None = None,
+    actor: Actor = SYSTEM,
+    signer: AuditSigner,
 ) -> KeyRecord:
+    """A new key; its name must be free (ApiKeyNameTaken), even among revoked keys, since the
+    audit log keeps naming them."""
     now = utcnow()
-    row = ApiKey(name=name, prefix=prefix, key_hash=key_hash, scopes=scopes, created_at=now, expires_at=expires_at)
-    async with db.write() as session:
-        session.add(row)
-        await session.flush()
-        await audit.append(
-            session,
-            at=now,
-            actor=actor,
-            action="api_key.created",
-            target=row.id,
-            detail={
-                "name": name,
-                "prefix": prefix,
-                "scopes": list(scopes),
-                "expires_at": expires_at.isoformat() if expires_at else None,
-            },
-        )
+    if tenants is not None and "admin" in scopes:
+        raise InvalidInput("a key limited to tenants cannot hold admin (admin sees every tenant)", field="scope")
+    row = ApiKey(
+        name=name,
+        prefix=prefix,
+        key_hash=key_hash,
+        scopes=scopes,
+        created_at=now,
+        expires_at=expires_at,
+        tenants=sorted(set(tenants)) if tenants is not None else None,
+    )
+    try:
+        async with db.write() as session:
+            if (await session.exec(select(ApiKey.id).where(ApiKey.name == name))).first() is not None:
+                raise ApiKeyNameTaken(f"an API key named {name!r} already exists; choose another name")
+            session.add(row)
+            await session.flush()
+            await _created(session, row, signer=signer, actor=actor, now=now)
+    except IntegrityError as error:  # two creates with one name at once: the unique index decides
+        if not _NAME_INDEX.search(str(error.orig)):
+            raise
+        raise ApiKeyNameTaken(f"an API key named {name!r} already exists; choose another name") from error
     return _record(row)
+
+
+async def _created(session: AsyncSession, row: ApiKey, *, signer: AuditSigner, actor: Actor, now: datetime) -> None:
+    await audit.append(
+        session,
+        signer=signer,
+        at=now,
+        actor=actor,
+        action="api_key.created",
+        target=row.id,
+        detail={
+            "name": row.name,
+            "prefix": row.prefix,
+            "scopes": list(row.scopes),
+            "tenants": row.tenants,
+            "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        },
+    )
 
 
 async def list_keys(db: Database) -> list[KeyRecord]:
@@ -93,7 +132,7 @@ async def find_by_prefix(db: Database, *, prefix: str) -> KeyRecord | None:
         return _record(row) if row else None
 
 
-async def revoke_key(db: Database, *, key_id: str, actor: str = "system") -> KeyRecord:
+async def revoke_key(db: Database, *, key_id: str, signer: AuditSigner, actor: Actor = SYSTEM) -> KeyRecord:
     async with db.write() as session:
         row = await session.get(ApiKey, key_id)
         if row is None:
@@ -103,8 +142,10 @@ async def revoke_key(db: Database, *, key_id: str, actor: str = "system") -> Key
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             session.add(row)
+            await ui_sessions.revoke_for_key(session, key_id=row.id, now=row.revoked_at)
             await audit.append(
                 session,
+                signer=signer,
                 at=row.revoked_at,
                 actor=actor,
                 action="api_key.revoked",

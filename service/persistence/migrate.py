@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from alembic.config import Config
@@ -22,16 +23,24 @@ def script_location() -> Path:
     raise FileNotFoundError("alembic migrations not found beside the service package")
 
 
-def alembic_config(url: str) -> Config:
+#: Where migrations find the audit keys (0007 re-signs the audit chain with the first).
+AUDIT_KEYS = "audit_keys"
+
+
+def alembic_config(url: str, *, audit_keys: Sequence[bytes] | None = None) -> Config:
+    """``audit_keys``: the process's keys, handed to migrations that sign audit records; None lets
+    such a migration read them from the settings itself (as under the plain ``alembic`` command)."""
     config = Config()
     config.set_main_option("script_location", str(script_location()))
     config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     config.attributes["configure_logging"] = False
+    if audit_keys is not None:
+        config.attributes[AUDIT_KEYS] = list(audit_keys)
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+def upgrade(url: str, revision: str = "head", *, audit_keys: Sequence[bytes] | None = None) -> None:
+    command.upgrade(alembic_config(url, audit_keys=audit_keys), revision)
 
 
 def current_revision(url: str) -> str | None:

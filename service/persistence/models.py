@@ -45,10 +45,13 @@ class Case(SQLModel, table=True):
         Index("ix_cases_created", "created_at", "id"),
         Index("ix_cases_state_created", "state", "created_at", "id"),
         Index("ix_cases_mailbox_created", "mailbox", "created_at", "id"),
+        Index("ix_cases_tenant_created", "tenant", "created_at", "id"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=26)
     mailbox: str = Field(max_length=254)
+    # The tenant it belongs to; None while intake could not tell yet (a worker decides).
+    tenant: str | None = Field(default=None, max_length=64)
     state: str = Field(max_length=32)
     outcome: str | None = Field(default=None, max_length=32)
     is_open: bool = Field(default=True)
@@ -59,11 +62,19 @@ class Case(SQLModel, table=True):
     require_approval: bool = Field(default=False)
     restriction: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
     last_error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
+    # What the investigation found (service.domain.findings.Finding.as_dict items); None before it ran.
+    findings: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
+    # The case's JSON as the API serves it (records.render_document), rewritten with every change by
+    # the one writer; None for cases last written before migration 0010 (readers render those).
+    document: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     next_action_at: datetime | None = _dt()
     sending_restored_by: datetime | None = _dt()
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: datetime | None = _dt()
     created_by: str = Field(max_length=128)
+    # Who opened it, as an identity rather than a display name (four-eyes approval compares these).
+    created_by_kind: str | None = Field(default=None, max_length=32)
+    created_by_id: str | None = Field(default=None, max_length=255)
     created_at: datetime = _dt(nullable=False)
     updated_at: datetime = _dt(nullable=False)
     finished_at: datetime | None = _dt()
@@ -124,12 +135,17 @@ class ApiKey(SQLModel, table=True):
     """An API key, stored as a SHA-256 hash; ``prefix`` identifies it in lists and logs."""
 
     __tablename__ = "api_keys"
+    # Names are unique: audit records and logs name keys, and two keys called "servicenow"
+    # would make those records ambiguous (the audit log also records the key id).
+    __table_args__ = (Index("uq_api_keys_name", "name", unique=True),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=26)
     name: str = Field(max_length=128)
     prefix: str = Field(max_length=32, unique=True)
     key_hash: str = Field(max_length=64)
     scopes: list[str] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
+    # The tenants it may see; None: every tenant (the MSP's own staff).
+    tenants: list[str] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
     created_at: datetime = _dt(nullable=False)
     expires_at: datetime | None = _dt()
     revoked_at: datetime | None = _dt()
@@ -156,18 +172,26 @@ metadata = SQLModel.metadata
 
 
 class AuditRecord(SQLModel, table=True):
-    """The append-only audit log; each row is chained to the previous one by its hash."""
+    """The append-only audit log; each row is chained to the previous one by a keyed MAC.
+
+    ``prev_hash`` and ``hash`` keep the names of the unkeyed chain they started as (0002);
+    since 0006 they hold HMAC-SHA256 values under the audit key that ``key_id`` names.
+    ``actor`` is a display name; ``actor_kind`` and ``actor_id`` say who it really was.
+    """
 
     __tablename__ = "audit_log"
 
     seq: int = Field(primary_key=True, sa_type=BigIntId, sa_column_kwargs={"autoincrement": False})
     at: datetime = _dt(nullable=False)
     actor: str = Field(max_length=128)
+    actor_kind: str = Field(max_length=16)
+    actor_id: str = Field(max_length=512)
     action: str = Field(max_length=64, index=True)
     target: str | None = Field(default=None, max_length=128)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+    key_id: str = Field(max_length=16)
 
 
 class WebhookSubscription(SQLModel, table=True):
@@ -179,6 +203,8 @@ class WebhookSubscription(SQLModel, table=True):
     url: str = Field(max_length=2048)
     events: list[str] = Field(default_factory=list, sa_column=Column(JSONType, nullable=False))
     description: str | None = Field(default=None, max_length=256)
+    # The tenant scope of the key that created it: only those tenants' events are delivered (None: all).
+    tenants: list[str] | None = Field(default=None, sa_column=Column(JSONType, nullable=True))
     secret_key_id: str = Field(max_length=32)
     secret_sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_by: str = Field(max_length=128)
@@ -223,18 +249,46 @@ class WebhookDelivery(SQLModel, table=True):
 
 
 class RestrictedSender(SQLModel, table=True):
-    """What discovery has seen on the restricted list, so each new restriction is reported once."""
+    """The tenant's restricted list as last read (``cleared_at`` null = listed now), so the API
+    serves it without asking the tenant and discovery reports each new restriction once."""
 
     __tablename__ = "restricted_senders"
 
     address: str = Field(primary_key=True, max_length=254)
+    tenant: str = Field(default="default", max_length=64, index=True)
     reason: str = Field(default="", max_length=2000)
     blocked_at: datetime | None = _dt()
+    changed_at: datetime | None = _dt()
+    temporary_block: bool = Field(default=False)
     first_seen_at: datetime = _dt(nullable=False)
     last_seen_at: datetime = _dt(nullable=False)
     cleared_at: datetime | None = _dt()
     reported_at: datetime | None = _dt()
     case_id: str | None = Field(default=None, max_length=26)
+
+
+class UiSession(SQLModel, table=True):
+    """A dashboard sign-in, kept server-side so that logging out (or revoking the key) ends it."""
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: str = Field(primary_key=True, max_length=64)  # SHA-256 of the id in the cookie, never the id
+    key_id: str = Field(max_length=26, index=True)
+    created_at: datetime = _dt(nullable=False)
+    expires_at: datetime = _dt(nullable=False)
+    revoked_at: datetime | None = _dt()
+
+
+class TenantFacts(SQLModel, table=True):
+    """What workers last read from a tenant, so API processes never need to ask it themselves."""
+
+    __tablename__ = "tenant_facts"
+
+    tenant: str = Field(primary_key=True, max_length=64)
+    accepted_domains: list[str] | None = Field(default=None, sa_type=JSONType)
+    domains_refreshed_at: datetime | None = _dt()
+    senders_fetched_at: datetime | None = _dt()
+    senders_refresh_requested_at: datetime | None = _dt()
 
 
 class Lease(SQLModel, table=True):
@@ -245,3 +299,34 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     owner: str | None = Field(default=None, max_length=128)
     expires_at: datetime | None = _dt()
+
+
+class Tenant(SQLModel, table=True):
+    """A Microsoft 365 tenant the service acts on, besides the settings' own (``default``).
+
+    Its identity is an app registration with a certificate; the remoting endpoint is the
+    settings' UNBLOCK_PS_* unless overridden here. A remoting password is sealed like a
+    temporary password (``ps_password_key_id`` names the key), never stored in clear.
+    """
+
+    __tablename__ = "tenants"
+
+    name: str = Field(primary_key=True, max_length=32)
+    organization: str = Field(max_length=255)
+    app_id: str = Field(max_length=36)
+    cert_thumbprint: str = Field(max_length=40)
+    tenant_id: str | None = Field(default=None, max_length=36)
+    password_backend: str = Field(default="graph", max_length=16)
+    ps_server: str | None = Field(default=None, max_length=255)
+    ps_port: int | None = Field(default=None)
+    ps_ssl: bool | None = Field(default=None)
+    ps_auth: str | None = Field(default=None, max_length=16)
+    ps_username: str | None = Field(default=None, max_length=255)
+    ps_password_key_id: str | None = Field(default=None, max_length=32)
+    ps_password_sealed: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    ps_configuration_name: str | None = Field(default=None, max_length=255)
+    status: str = Field(default="pending", max_length=16)
+    status_detail: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _dt(nullable=False)
+    updated_at: datetime = _dt(nullable=False)
+    validated_at: datetime | None = _dt()

@@ -15,38 +15,41 @@ from sqlalchemy import text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from service.domain.tenancy import visible
 from service.persistence.models import OutboxEvent, WebhookDelivery, WebhookSubscription
-from service.persistence.records import CaseSnapshot, case_document
 
 WEBHOOK_CHANNEL = "unblock_webhooks"
-TERMINAL_EVENTS = {"resolved": "case.resolved", "failed": "case.failed", "escalated": "case.escalated"}
-EVENT_TYPES = (
-    "case.created",
-    "case.state_changed",
-    "case.resolved",
-    "case.failed",
-    "case.escalated",
-    "credential.revealed",
-    "sender.restricted",
-)
 
 
-def _ts(value: datetime) -> str:
+def timestamp(value: datetime) -> str:
+    """The wire form of a time in webhook payloads (RFC 3339, UTC, ``Z``)."""
     return value.isoformat().replace("+00:00", "Z")
 
 
 async def emit(
-    session: AsyncSession, *, type: str, at: datetime, data: dict[str, Any], case_id: str | None, ordering_key: str
+    session: AsyncSession,
+    *,
+    type: str,
+    at: datetime,
+    data: dict[str, Any],
+    case_id: str | None,
+    ordering_key: str,
+    tenant: str | None,
 ) -> OutboxEvent:
+    """Store an event and a delivery for each subscription that wants its type and may see its tenant.
+
+    A subscription limited to tenants (made with a key limited to them) gets only their events;
+    an event of no tenant yet (a case intake could not place) goes only to unlimited ones.
+    """
     event = OutboxEvent(
-        type=type, case_id=case_id, occurred_at=at, payload={"type": type, "timestamp": _ts(at), "data": data}
+        type=type, case_id=case_id, occurred_at=at, payload={"type": type, "timestamp": timestamp(at), "data": data}
     )
     session.add(event)
     await session.flush()
     subscriptions = (
         await session.exec(select(WebhookSubscription).where(col(WebhookSubscription.deleted_at).is_(None)))
     ).all()
-    wanted = [s for s in subscriptions if type in s.events or "*" in s.events]
+    wanted = [s for s in subscriptions if (type in s.events or "*" in s.events) and visible(tenant, s.tenants)]
     for subscription in wanted:
         session.add(
             WebhookDelivery(
@@ -67,24 +70,3 @@ async def notify_deliveries(session: AsyncSession) -> None:
     connection = await session.connection()
     if connection.dialect.name == "postgresql":
         await connection.execute(text("SELECT pg_notify(:c, '')"), {"c": WEBHOOK_CHANNEL})
-
-
-async def case_events(session: AsyncSession, *, case: CaseSnapshot, at: datetime, previous_state: str | None) -> None:
-    """case.created, or case.state_changed (+ case.resolved/failed/escalated when it ends)."""
-    document = case_document(case)
-    key = f"case:{case.id}"
-    if previous_state is None:
-        await emit(session, type="case.created", at=at, data={"case": document}, case_id=case.id, ordering_key=key)
-        return
-    await emit(
-        session,
-        type="case.state_changed",
-        at=at,
-        data={"case": document, "previous_state": previous_state},
-        case_id=case.id,
-        ordering_key=key,
-    )
-    if case.state in TERMINAL_EVENTS:
-        await emit(
-            session, type=TERMINAL_EVENTS[case.state], at=at, data={"case": document}, case_id=case.id, ordering_key=key
-        )

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from service.domain.audit import Actor
+from service.domain.credential import CredentialView
 from service.domain.decide import CaseView, StepView
-from service.domain.states import CaseState, StepName, StepStatus
+from service.domain.findings import Finding
+from service.domain.states import TERMINAL_STATES, CaseOutcome, CaseState, StepName, StepStatus
 
 
 @dataclass(frozen=True, slots=True)
 class StepRecord:
-    name: str
+    name: StepName
     position: int
-    status: str
+    status: StepStatus
     attempts: int
     failures: int
     started_at: datetime | None
@@ -23,25 +27,13 @@ class StepRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class CredentialInfo:
-    applied: bool
-    expires_at: datetime | None
-    revealed_at: datetime | None
-    revealed_by: str | None
-    destroyed_at: datetime | None
-    destroyed_reason: str | None
-
-    @property
-    def available(self) -> bool:
-        return self.applied and self.revealed_at is None and self.destroyed_at is None
-
-
-@dataclass(frozen=True, slots=True)
 class CaseSnapshot:
+    """A case as read from the database, in the domain's types."""
+
     id: str
     mailbox: str
-    state: str
-    outcome: str | None
+    state: CaseState
+    outcome: CaseOutcome | None
     ticket_ref: str | None
     requested_by: str | None
     note: str | None
@@ -54,28 +46,39 @@ class CaseSnapshot:
     lease_owner: str | None
     lease_expires_at: datetime | None
     created_by: str
+    created_by_kind: str | None
+    created_by_id: str | None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
     version: int
     steps: tuple[StepRecord, ...]
-    credential: CredentialInfo | None
+    credential: CredentialView | None
+    findings: tuple[Finding, ...] | None = None  # None: no investigation has run
+    tenant: str | None = None  # None: intake could not tell yet; a worker decides
 
     @property
     def is_open(self) -> bool:
-        return self.state not in {"resolved", "failed", "escalated", "cancelled"}
+        return self.state not in TERMINAL_STATES
+
+    @property
+    def opened_by(self) -> Actor:
+        """Who opened the case (kind and id are empty for cases opened before they were recorded)."""
+        return Actor(self.created_by_kind or "", self.created_by_id or "", self.created_by)
 
     def view(self) -> CaseView:
         return CaseView(
-            state=CaseState(self.state),
-            steps=tuple(StepView(StepName(s.name), StepStatus(s.status), s.attempts, s.failures) for s in self.steps),
+            state=self.state,
+            steps=tuple(StepView(s.name, s.status, s.attempts, s.failures) for s in self.steps),
             require_approval=self.require_approval,
             sending_restored_by=self.sending_restored_by,
+            findings=self.findings or (),
+            outcome=self.outcome,
         )
 
-    def step(self, name: str) -> StepRecord:
+    def step(self, name: StepName) -> StepRecord:
         for step in self.steps:
-            if step.name == name:
+            if step.name is name:
                 return step
         raise KeyError(name)
 
@@ -123,17 +126,19 @@ def case_document(case: CaseSnapshot) -> dict[str, Any]:
     return {
         "id": case.id,
         "mailbox": case.mailbox,
-        "state": case.state,
-        "outcome": case.outcome,
+        "tenant": case.tenant,
+        "state": case.state.value,
+        "outcome": case.outcome.value if case.outcome else None,
         "ticket_ref": case.ticket_ref,
         "requested_by": case.requested_by,
         "note": case.note,
         "actions": dict(case.actions),
         "restriction": restriction,
+        "findings": [f.as_dict() for f in case.findings] if case.findings is not None else None,
         "steps": [
             {
-                "name": s.name,
-                "status": s.status,
+                "name": s.name.value,
+                "status": s.status.value,
                 "attempts": s.attempts,
                 "started_at": _ts(s.started_at),
                 "finished_at": _ts(s.finished_at),
@@ -150,6 +155,12 @@ def case_document(case: CaseSnapshot) -> dict[str, Any]:
         "updated_at": _ts(case.updated_at),
         "version": case.version,
     }
+
+
+def render_document(document: Any) -> bytes:
+    """A case document as the bytes the API sends (the same encoding as FastAPI's JSONResponse), so a
+    stored document and one rendered on the spot are byte for byte the same, ETag included."""
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 def _error(error: dict[str, Any] | None) -> dict[str, Any] | None:

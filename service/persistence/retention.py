@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_
 from sqlmodel import col, delete, select, update
 from sqlmodel.sql.expression import SelectOfScalar
 
+from service.domain.audit import Actor, AuditSigner
 from service.persistence import audit
 from service.persistence.db import Database
 from service.persistence.models import (
@@ -29,6 +30,7 @@ from service.persistence.models import (
     RestrictedSender,
     WebhookDelivery,
 )
+from service.persistence.webhooks import DeliveryStatus
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ def _closed_before(cutoff: datetime) -> ColumnElement[bool]:
 def _undelivered() -> ColumnElement[bool]:
     """An event still owed to a webhook receiver is kept until it is delivered or given up."""
     return exists().where(
-        and_(col(WebhookDelivery.event_id) == col(OutboxEvent.id), col(WebhookDelivery.status) == "pending")
+        and_(
+            col(WebhookDelivery.event_id) == col(OutboxEvent.id), col(WebhookDelivery.status) == DeliveryStatus.pending
+        )
     )
 
 
@@ -91,17 +95,21 @@ async def count(db: Database, *, cutoff: datetime) -> PurgeReport:
     return PurgeReport(int(cases), int(events), int(keys), int(senders))
 
 
-async def purge(db: Database, *, cutoff: datetime, now: datetime, actor: str, batch_size: int = 500) -> PurgeReport:
+async def purge(
+    db: Database, *, cutoff: datetime, now: datetime, actor: Actor, signer: AuditSigner, batch_size: int = 500
+) -> PurgeReport:
     """Delete, batch by batch, what closed before ``cutoff``; returns what was deleted."""
     report = PurgeReport()
     while True:
-        done = await _purge_batch(db, cutoff=cutoff, now=now, actor=actor, batch_size=batch_size)
+        done = await _purge_batch(db, cutoff=cutoff, now=now, actor=actor, signer=signer, batch_size=batch_size)
         report += done
         if done.total == 0:
             return report
 
 
-async def _purge_batch(db: Database, *, cutoff: datetime, now: datetime, actor: str, batch_size: int) -> PurgeReport:
+async def _purge_batch(
+    db: Database, *, cutoff: datetime, now: datetime, actor: Actor, signer: AuditSigner, batch_size: int
+) -> PurgeReport:
     async with db.write() as session:
         case_ids = list(
             (
@@ -143,6 +151,7 @@ async def _purge_batch(db: Database, *, cutoff: datetime, now: datetime, actor: 
         if done.total:
             await audit.append(
                 session,
+                signer=signer,
                 at=now,
                 actor=actor,
                 action="retention.purged",

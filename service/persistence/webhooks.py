@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, case, exists
 from sqlalchemy.orm import aliased
 from sqlmodel import col, func, select, update
 
+from service.domain.audit import Actor, AuditSigner
 from service.errors import Conflict, NotFound, WebhookNotFound
 from service.persistence import audit, outbox
 from service.persistence.db import Database
 from service.persistence.models import OutboxEvent, WebhookDelivery, WebhookSubscription
 
-DELIVERY_STATUSES = ("pending", "delivered", "dead", "cancelled")
+
+class DeliveryStatus(StrEnum):
+    """Where one delivery of one event to one subscription stands."""
+
+    pending = "pending"  # due now or after a back-off
+    delivered = "delivered"
+    dead = "dead"  # given up after UNBLOCK_WEBHOOK_MAX_AGE (redeliver makes it pending again)
+    cancelled = "cancelled"  # its subscription was deleted
+
+
+#: What a failed delivery records, and what the API shows, instead of the exception's text: the
+#: text ("Connection refused", "Name or service not known", a TLS alert) told whoever chose the
+#: URL what answers inside the service's network, a port-scan oracle. ``http_<status>`` is the
+#: receiver's own answer.
+DELIVERY_ERRORS = ("timeout", "connect_failed", "tls", "refused_address", "http_<status>")
+_CATEGORY = re.compile(r"^(?:timeout|connect_failed|tls|refused_address|http_[1-5][0-9]{2})$")
+_LEGACY_HTTP = re.compile(r"^HTTP ([1-5][0-9]{2})$")
+
+
+def delivery_error(stored: str | None) -> str | None:
+    """The category of a stored failure; a row written before categories existed gets the nearest one."""
+    if not stored or _CATEGORY.match(stored):
+        return stored or None
+    if match := _LEGACY_HTTP.match(stored):
+        return f"http_{match.group(1)}"
+    if "Timeout" in stored.split(":", 1)[0]:
+        return "timeout"
+    if "SSL" in stored or "CERTIFICATE" in stored:
+        return "tls"
+    return "connect_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +60,7 @@ class SubscriptionRecord:
     created_at: datetime
     secret_key_id: str
     secret_sealed: bytes
+    tenants: tuple[str, ...] | None = None  # only these tenants' events are delivered (None: every tenant's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +101,7 @@ def _subscription(row: WebhookSubscription) -> SubscriptionRecord:
         created_at=row.created_at,
         secret_key_id=row.secret_key_id,
         secret_sealed=bytes(row.secret_sealed),
+        tenants=tuple(row.tenants) if row.tenants is not None else None,
     )
 
 
@@ -80,24 +114,33 @@ async def create_subscription(
     description: str | None,
     secret_key_id: str,
     secret_sealed: bytes,
-    actor: str,
+    actor: Actor,
+    signer: AuditSigner,
     now: datetime,
+    tenants: list[str] | None = None,
 ) -> SubscriptionRecord:
     row = WebhookSubscription(
         id=subscription_id,
         url=url,
         events=events,
         description=description,
+        tenants=tenants,
         secret_key_id=secret_key_id,
         secret_sealed=secret_sealed,
-        created_by=actor,
+        created_by=actor.name,
         created_at=now,
     )
     async with db.write() as session:
         session.add(row)
         await session.flush()
         await audit.append(
-            session, at=now, actor=actor, action="webhook.created", target=row.id, detail={"url": url, "events": events}
+            session,
+            signer=signer,
+            at=now,
+            actor=actor,
+            action="webhook.created",
+            target=row.id,
+            detail={"url": url, "events": events, **({"tenants": tenants} if tenants is not None else {})},
         )
     return _subscription(row)
 
@@ -122,7 +165,9 @@ async def get_subscription(db: Database, *, subscription_id: str) -> Subscriptio
     return _subscription(row)
 
 
-async def delete_subscription(db: Database, *, subscription_id: str, actor: str, now: datetime) -> None:
+async def delete_subscription(
+    db: Database, *, subscription_id: str, actor: Actor, signer: AuditSigner, now: datetime
+) -> None:
     async with db.write() as session:
         row = await session.get(WebhookSubscription, subscription_id)
         if row is None or row.deleted_at is not None:
@@ -131,11 +176,20 @@ async def delete_subscription(db: Database, *, subscription_id: str, actor: str,
         session.add(row)
         await session.exec(
             update(WebhookDelivery)
-            .where(col(WebhookDelivery.subscription_id) == subscription_id, col(WebhookDelivery.status) == "pending")
-            .values(status="cancelled")
+            .where(
+                col(WebhookDelivery.subscription_id) == subscription_id,
+                col(WebhookDelivery.status) == DeliveryStatus.pending,
+            )
+            .values(status=DeliveryStatus.cancelled.value)
         )
         await audit.append(
-            session, at=now, actor=actor, action="webhook.deleted", target=subscription_id, detail={"url": row.url}
+            session,
+            signer=signer,
+            at=now,
+            actor=actor,
+            action="webhook.deleted",
+            target=subscription_id,
+            detail={"url": row.url},
         )
 
 
@@ -163,7 +217,7 @@ async def list_deliveries(
             attempts=d.attempts,
             next_attempt_at=d.next_attempt_at,
             last_status_code=d.last_status_code,
-            last_error=d.last_error,
+            last_error=delivery_error(d.last_error),
             created_at=d.created_at,
             delivered_at=d.delivered_at,
         )
@@ -171,7 +225,9 @@ async def list_deliveries(
     ]
 
 
-async def redeliver(db: Database, *, subscription_id: str, delivery_id: int, actor: str, now: datetime) -> None:
+async def redeliver(
+    db: Database, *, subscription_id: str, delivery_id: int, actor: Actor, signer: AuditSigner, now: datetime
+) -> None:
     """Queue a dead-lettered delivery again; anything else would send an event twice or to a
     subscription that was deleted."""
     async with db.write() as session:
@@ -181,15 +237,16 @@ async def redeliver(db: Database, *, subscription_id: str, delivery_id: int, act
         row = await session.get(WebhookDelivery, delivery_id)
         if row is None or row.subscription_id != subscription_id:
             raise NotFound(f"subscription {subscription_id} has no delivery {delivery_id}")
-        if row.status != "dead":
+        if row.status != DeliveryStatus.dead:
             raise Conflict(f"only a dead delivery can be redelivered; delivery {delivery_id} is {row.status}")
-        row.status, row.attempts, row.next_attempt_at = "pending", 0, now
+        row.status, row.attempts, row.next_attempt_at = DeliveryStatus.pending.value, 0, now
         row.created_at = now  # a fresh retry window
         row.lease_owner = row.lease_expires_at = None
         session.add(row)
         await outbox.notify_deliveries(session)  # the dispatcher may run in another process
         await audit.append(
             session,
+            signer=signer,
             at=now,
             actor=actor,
             action="webhook.redelivered",
@@ -206,7 +263,7 @@ def _waiting_behind_an_earlier_delivery() -> Any:
             col(earlier.subscription_id) == col(WebhookDelivery.subscription_id),
             col(earlier.ordering_key) == col(WebhookDelivery.ordering_key),
             col(earlier.id) < col(WebhookDelivery.id),
-            col(earlier.status) == "pending",
+            col(earlier.status) == DeliveryStatus.pending,
         )
     )
 
@@ -217,7 +274,12 @@ async def claim_due(db: Database, *, worker_id: str, now: datetime, lease: float
     free = (col(WebhookDelivery.lease_expires_at).is_(None)) | (col(WebhookDelivery.lease_expires_at) < now)
     due = (
         select(WebhookDelivery.id)
-        .where(col(WebhookDelivery.status) == "pending", col(WebhookDelivery.next_attempt_at) <= now, free, ~blocked)
+        .where(
+            col(WebhookDelivery.status) == DeliveryStatus.pending,
+            col(WebhookDelivery.next_attempt_at) <= now,
+            free,
+            ~blocked,
+        )
         .order_by(col(WebhookDelivery.id))
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -267,18 +329,23 @@ async def record_outcome(
     error: str | None,
     next_attempt_at: datetime | None,
 ) -> None:
-    """Delivered, or scheduled again, or (``next_attempt_at`` None) dead-lettered."""
+    """Delivered, or scheduled again, or (``next_attempt_at`` None) dead-lettered.
+
+    ``error`` is one of :data:`DELIVERY_ERRORS`, never free text (see there why).
+    """
+    if error is not None and not _CATEGORY.match(error):
+        raise ValueError(f"{error!r} is not a delivery error category ({', '.join(DELIVERY_ERRORS)})")
     values: dict[str, Any] = {
         "attempts": WebhookDelivery.attempts + 1,
         "last_status_code": status_code,
-        "last_error": (error or None) and error[:500],
+        "last_error": error,
         "lease_owner": None,
         "lease_expires_at": None,
     }
     if delivered:
-        values.update(status="delivered", delivered_at=now, last_error=None)
+        values.update(status=DeliveryStatus.delivered.value, delivered_at=now, last_error=None)
     elif next_attempt_at is None:
-        values.update(status="dead")
+        values.update(status=DeliveryStatus.dead.value)
     else:
         values.update(next_attempt_at=next_attempt_at)
     async with db.write() as session:
@@ -304,7 +371,7 @@ async def next_due_at(db: Database) -> datetime | None:
         return (
             await session.exec(
                 select(func.min(ready_at)).where(
-                    col(WebhookDelivery.status) == "pending", ~_waiting_behind_an_earlier_delivery()
+                    col(WebhookDelivery.status) == DeliveryStatus.pending, ~_waiting_behind_an_earlier_delivery()
                 )
             )
         ).first()

@@ -3,7 +3,10 @@
 This catalogue is the single source of truth for what the service asks of the runner host:
 the bridge builds every invocation from it (an undeclared parameter raises before anything is
 sent), and the tests compare it with the JEA role capability in ``ps_scripts/`` so that the
-endpoint exposes exactly these commands and parameters, no more.
+endpoint exposes exactly these commands and parameters, no more. Every name here is in
+Microsoft's documented syntax for that command (``service/reference/cmdlets.json``, which
+names the reference page of each): tests/unit/test_reference.py binds every invocation the
+bridge builds against it. Look a parameter up there before adding it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ class Command:
     bootstrap: bool = False  # run once per runspace by the bridge, not exposed by the JEA endpoint
     direct: bool = False  # used only against a full endpoint; the runner endpoint has a safer wrapper
     runner: bool = False  # a wrapper function of the UnblockRunner module (the JEA endpoint only)
+    diagnostic: bool = False  # read by `unblock doctor` on a full endpoint only; the JEA endpoint does not offer it
 
     def __call__(self, **values: Any) -> Invocation:
         unknown = set(values) - set(self.parameters)
@@ -50,7 +54,8 @@ CONNECT_GRAPH = Command(
 
 GET_ACCEPTED_DOMAIN = Command("Get-AcceptedDomain", ())
 GET_BLOCKED_SENDER = Command("Get-BlockedSenderAddress", ("SenderAddress",))
-REMOVE_BLOCKED_SENDER = Command("Remove-BlockedSenderAddress", ("SenderAddress", "Reason", "Confirm"))
+# Documented as -SenderAddress [-Reason]: no ShouldProcess, so no -Confirm (it would be NamedParameterNotFound).
+REMOVE_BLOCKED_SENDER = Command("Remove-BlockedSenderAddress", ("SenderAddress", "Reason"))
 SET_MAILBOX = Command(
     "Set-Mailbox",
     ("Identity", "ForwardingSmtpAddress", "ForwardingAddress", "DeliverToMailboxAndForward", "Confirm"),
@@ -63,9 +68,35 @@ SET_RUNNER_PASSWORD = Command(
     "Set-UnblockUserPassword", ("UserId", "NewPassword", "ForceChangePasswordNextSignIn"), runner=True
 )
 CLEAR_RUNNER_FORWARDING = Command("Clear-UnblockForwarding", ("Identity",), runner=True)
-GET_INBOX_RULE = Command("Get-InboxRule", ("Mailbox",))
-DISABLE_INBOX_RULE = Command("Disable-InboxRule", ("Mailbox", "Identity", "Confirm"))
+# -IncludeHidden adds the rules Outlook does not show (the system junk, delegate and out-of-office
+# rules, and rules written straight to the mailbox); nothing marks them, so the bridge asks twice.
+GET_INBOX_RULE = Command("Get-InboxRule", ("Mailbox", "IncludeHidden"))
+# Investigation (read only): forwarding, delegates, Send As, sign-in methods, app consents.
+GET_MAILBOX = Command("Get-Mailbox", ("Identity",))
+GET_MAILBOX_PERMISSION = Command("Get-MailboxPermission", ("Identity",))
+GET_RECIPIENT_PERMISSION = Command("Get-RecipientPermission", ("Identity",))
+GET_AUTH_METHODS = Command("Get-MgUserAuthenticationMethod", ("UserId", "All"))
+# App consents: GET /users/{id}/oauth2PermissionGrants (Get-MgUserOauth2PermissionGrant) documents no
+# application permission, and the service signs in app-only; the tenant-wide list does (Directory.Read.All)
+# and filters on principalId, the user's object id (a GUID the bridge checks before it builds the filter).
+GET_OAUTH_GRANTS = Command("Get-MgOauth2PermissionGrant", ("Filter", "All"))
+GET_SERVICE_PRINCIPAL = Command("Get-MgServicePrincipal", ("ServicePrincipalId", "Property"))
+#: The only service-principal properties read (the JEA role capability allows exactly these).
+SERVICE_PRINCIPAL_PROPERTIES: tuple[str, ...] = (
+    "Id",
+    "DisplayName",
+    "AppId",
+    "AppOwnerOrganizationId",
+    "VerifiedPublisher",
+)
+# ShouldProcess (-Confirm:$false skips its built-in pause); -Force skips the prompt about removing the
+# mailbox's Outlook client-side rules, which a remote session without a host cannot answer.
+DISABLE_INBOX_RULE = Command("Disable-InboxRule", ("Mailbox", "Identity", "Force", "Confirm"))
 GET_MG_USER = Command("Get-MgUser", ("UserId", "Property"))
+#: The only user properties the service reads (the JEA role capability allows exactly these).
+USER_PROPERTIES: tuple[str, ...] = ("Id", "UserPrincipalName", "OnPremisesSyncEnabled", "AccountEnabled")
+# Read by `unblock doctor` only, on a full endpoint: the application's granted Graph permissions (Scopes).
+GET_MG_CONTEXT = Command("Get-MgContext", (), diagnostic=True)
 UPDATE_MG_USER = Command("Update-MgUser", ("UserId", "PasswordProfile"), direct=True)
 REVOKE_SESSIONS = Command("Revoke-MgUserSignInSession", ("UserId",))
 GET_AD_USER = Command("Get-ADUser", ("LDAPFilter",))
@@ -81,7 +112,14 @@ CATALOGUE: tuple[Command, ...] = (
     SET_MAILBOX,
     GET_INBOX_RULE,
     DISABLE_INBOX_RULE,
+    GET_MAILBOX,
+    GET_MAILBOX_PERMISSION,
+    GET_RECIPIENT_PERMISSION,
+    GET_AUTH_METHODS,
+    GET_OAUTH_GRANTS,
+    GET_SERVICE_PRINCIPAL,
     GET_MG_USER,
+    GET_MG_CONTEXT,
     UPDATE_MG_USER,
     REVOKE_SESSIONS,
     GET_AD_USER,
@@ -99,12 +137,15 @@ EXCHANGE_COMMANDS: tuple[str, ...] = (
     SET_MAILBOX.name,
     GET_INBOX_RULE.name,
     DISABLE_INBOX_RULE.name,
+    GET_MAILBOX.name,
+    GET_MAILBOX_PERMISSION.name,
+    GET_RECIPIENT_PERMISSION.name,
 )
 
 #: What the JEA endpoint must make visible: no connects, and the wrappers instead of what they wrap.
-RUNNER_COMMANDS: tuple[Command, ...] = tuple(c for c in CATALOGUE if not c.bootstrap and not c.direct)
-#: What a full endpoint (in-session connects) is asked to run.
-DIRECT_COMMANDS: tuple[Command, ...] = tuple(c for c in CATALOGUE if not c.runner)
+RUNNER_COMMANDS: tuple[Command, ...] = tuple(
+    c for c in CATALOGUE if not c.bootstrap and not c.direct and not c.diagnostic
+)
 
 
 def ldap_escape(value: str) -> str:

@@ -7,6 +7,11 @@ finishes on its own and the runspace is thrown away. A runspace that breaks (dro
 connection, fault, timeout) is closed and a replacement is opened in the background, so the
 next caller finds a warm one. Runspaces are recycled after a number of calls because the
 Exchange module does not free its memory on disconnect.
+
+The bookkeeping is one :class:`Slot` per runspace, in one of four states (opening, idle, busy,
+closing), changed only through :meth:`WarmPool._move` along the edges of ``_MOVES``; every count
+(what is open, what is lent out, how much room is left) is derived from the slots, and
+:meth:`WarmPool.check` states the invariants the tests hold it to.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from service.errors import CallTimeout, EndpointUnavailable, Throttled, TransientError
 from service.logging import get_logger
+from service.powershell.budget import RunspaceBudget, notify
 from service.powershell.circuit import BreakerState, CircuitBreaker
+from service.powershell.classify import breaks_runspace, signals_lost_session
 from service.powershell.commands import Invocation
 from service.powershell.runspace import EndpointOptions, RawResult, Runspace, RunspaceFailure, ping
 
@@ -45,6 +52,31 @@ class PoolStats:
     opening: int
 
 
+class SlotState(StrEnum):
+    opening = "opening"  # a runspace is being opened for it
+    idle = "idle"  # open, waiting for a call
+    busy = "busy"  # lent to a call (or ending that call's pipeline on the server)
+    closing = "closing"  # being closed: it no longer takes up room in the pool
+
+
+#: The only state changes a slot makes. A slot that is done closing (or never opened) is dropped.
+_MOVES: dict[SlotState, frozenset[SlotState]] = {
+    SlotState.opening: frozenset({SlotState.idle, SlotState.busy, SlotState.closing}),
+    SlotState.idle: frozenset({SlotState.busy, SlotState.closing}),
+    SlotState.busy: frozenset({SlotState.idle, SlotState.closing, SlotState.opening}),  # opening: reconnecting
+    SlotState.closing: frozenset(),
+}
+_ROOM_TAKEN = frozenset({SlotState.opening, SlotState.idle, SlotState.busy})
+
+
+@dataclass(eq=False)
+class Slot:
+    number: int
+    state: SlotState
+    runspace: Runspace | None = None
+    since: float = field(default_factory=time.monotonic)
+
+
 class WarmPool:
     def __init__(
         self,
@@ -57,6 +89,7 @@ class WarmPool:
         open_timeout: float = 60.0,
         factory: RunspaceFactory = _default_factory,
         breaker: CircuitBreaker | None = None,
+        budget: RunspaceBudget | None = None,
     ) -> None:
         self.options = options
         self.size = size
@@ -67,18 +100,21 @@ class WarmPool:
         self._factory = factory
         self.breaker = breaker or CircuitBreaker(threshold=5, interval=10.0)
         self._executor = ThreadPoolExecutor(max_workers=size * 2 + 2, thread_name_prefix="psrp")
-        self._idle: deque[Runspace] = deque()
-        self._total = 0  # open or being opened, by callers or the warmer
-        self._opening = 0
-        self._in_use = 0
+        self._slots: dict[int, Slot] = {}
+        self._serial = 0
+        self._opened = 0
         self._cond: asyncio.Condition | None = None
         self._warmer: asyncio.Task[None] | None = None
         self._closed = False
-        self._serial = 0
         self._background: set[asyncio.Task[None]] = set()
         self._closing: set[concurrent.futures.Future[None]] = set()
         self._orphans: list[tuple[asyncio.Future[None], Runspace]] = []
         self.last_success = 0.0
+        self._not_before = 0.0  # Exchange asked us to slow down (a micro delay): no new call before this
+        # The cap shared with the other tenants' pools of this process (None: this pool is alone).
+        self.budget = budget
+        if budget is not None:
+            budget.join(self)
 
     @property
     def cond(self) -> asyncio.Condition:
@@ -90,8 +126,95 @@ class WarmPool:
     def closed(self) -> bool:
         return self._closed
 
+    # --- the slots ------------------------------------------------------------------------------
+
+    def _count(self, *states: SlotState) -> int:
+        return sum(1 for slot in self._slots.values() if slot.state in states)
+
+    @property
+    def held(self) -> int:
+        """The runspaces this pool holds (opening, idle or busy): what counts against its caps."""
+        return self._count(*_ROOM_TAKEN)
+
+    @property
+    def _room(self) -> int:
+        own = self.size - self.held
+        return own if self.budget is None else min(own, self.budget.room_for(self))
+
+    # --- sharing the budget with other tenants' pools (see service.powershell.budget) -------------
+
+    def idle_for(self) -> float | None:
+        idle = self._next_idle()
+        return None if idle is None else time.monotonic() - idle.since
+
+    def surrender_idle(self) -> bool:
+        idle = self._next_idle()
+        if idle is None:
+            return False
+        name = idle.runspace.name if idle.runspace is not None else f"slot{idle.number}"
+        self._retire(idle)
+        log.info("runspace_retired", runspace=name, reason="lent to another tenant")
+        return True
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # no running loop: nobody can be waiting
+            self._spawn(notify(self.cond))
+
     def stats(self) -> PoolStats:
-        return PoolStats(size=self.size, in_use=self._in_use, idle=len(self._idle), opening=self._opening)
+        return PoolStats(
+            size=self.size,
+            in_use=self._count(SlotState.busy),
+            idle=self._count(SlotState.idle),
+            opening=self._count(SlotState.opening),
+        )
+
+    def check(self) -> None:
+        """The invariants of the bookkeeping (the tests call this between operations)."""
+        assert self._count(*_ROOM_TAKEN) <= self.size, f"more runspaces than {self.size}: {self._slots}"
+        for slot in self._slots.values():
+            if slot.state in (SlotState.idle, SlotState.busy):
+                assert slot.runspace is not None, f"{slot.state} slot without a runspace: {slot}"
+        runspaces = [id(s.runspace) for s in self._slots.values() if s.runspace is not None]
+        assert len(runspaces) == len(set(runspaces)), "one runspace in two slots"
+
+    def _new_slot(self, state: SlotState) -> Slot:
+        self._serial += 1
+        slot = Slot(number=self._serial, state=state)
+        self._slots[slot.number] = slot
+        return slot
+
+    def _move(self, slot: Slot, to: SlotState) -> None:
+        if to not in _MOVES[slot.state]:
+            raise AssertionError(f"runspace slot {slot.number}: {slot.state} -> {to} is not a move")
+        freed = slot.state in _ROOM_TAKEN and to not in _ROOM_TAKEN
+        slot.state = to
+        slot.since = time.monotonic()
+        if freed and self.budget is not None:
+            self.budget.released()
+
+    def _drop(self, slot: Slot) -> None:
+        dropped = self._slots.pop(slot.number, None)
+        if dropped is not None and dropped.state in _ROOM_TAKEN and self.budget is not None:
+            self.budget.released()
+
+    def _next_idle(self) -> Slot | None:
+        idle = [slot for slot in self._slots.values() if slot.state is SlotState.idle]
+        return min(idle, key=lambda s: s.since) if idle else None  # the longest idle first: all stay warm
+
+    def _retire(self, slot: Slot, *, after: asyncio.Future[Any] | None = None) -> None:
+        """Close a slot's runspace in the background (once ``after`` is done) and forget the slot."""
+        self._move(slot, SlotState.closing)
+        runspace = slot.runspace
+
+        def close(_: object = None) -> None:
+            if runspace is not None:
+                self._close_later(runspace)
+            self._drop(slot)
+
+        if after is not None and not after.done():
+            after.add_done_callback(close)
+        else:
+            close()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -102,6 +225,8 @@ class WarmPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self.budget is not None:
+            self.budget.leave(self)
         if self._warmer is not None:
             self._warmer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -110,11 +235,9 @@ class WarmPool:
             # pipelines being terminated hand their runspace back; those are closed below or by _give_back
             await asyncio.wait(self._background, timeout=10)
         async with self.cond:
-            idle = list(self._idle)
-            self._idle.clear()
+            for slot in [s for s in self._slots.values() if s.state is SlotState.idle]:
+                self._retire(slot)
             self.cond.notify_all()
-        for runspace in idle:
-            self._close_later(runspace)
         for job, runspace in self._orphans:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(job), 15)
@@ -124,8 +247,8 @@ class WarmPool:
         self._executor.shutdown(wait=False)
 
     def _name(self) -> str:
-        self._serial += 1
-        return f"rs{self._serial}"
+        self._opened += 1
+        return f"rs{self._opened}"
 
     async def _open(self, *, gated: bool = True) -> Runspace:
         runspace = self._factory(self.options, self._name())
@@ -134,7 +257,6 @@ class WarmPool:
         started = time.perf_counter()
         if gated:
             self.breaker.before_call()
-        self._opening += 1
         job = loop.run_in_executor(self._executor, runspace.open, deadline)
         try:
             await asyncio.wait_for(asyncio.shield(job), self.open_timeout + 5)
@@ -151,8 +273,6 @@ class WarmPool:
             if isinstance(failure.error, CallTimeout):  # a connect that hung: the endpoint, not a command
                 raise EndpointUnavailable(f"opening a runspace timed out ({failure.error.message})") from None
             raise failure.error from None
-        finally:
-            self._opening -= 1
         self.breaker.succeeded()
         log.info(
             "runspace_opened", runspace=runspace.name, duration_ms=round((time.perf_counter() - started) * 1000, 1)
@@ -191,36 +311,37 @@ class WarmPool:
                 await asyncio.sleep(wait)
                 continue
             async with self.cond:
-                missing = self.size - self._total
-                if missing <= 0:
+                if self._room <= 0:
                     return
-                self._total += missing
-            batch = asyncio.gather(*(self._open() for _ in range(missing)), return_exceptions=True)
+                slots = [self._new_slot(SlotState.opening) for _ in range(self._room)]
+            batch = asyncio.gather(*(self._open() for _ in slots), return_exceptions=True)
             try:
                 results = await asyncio.shield(batch)
             except asyncio.CancelledError:
                 # Closing: runspaces that finish opening now are closed, not dropped with their shells
                 # (a cancel arriving just as the batch completes would otherwise lose its results).
-                for result in await batch:
-                    if not isinstance(result, BaseException):
-                        self._close_later(result)
+                for slot, result in zip(slots, await batch, strict=True):
+                    slot.runspace = None if isinstance(result, BaseException) else result
+                    self._retire(slot)
                 raise
-            failures = 0
+            failures: list[BaseException] = []
             async with self.cond:
-                for result in results:
-                    if not isinstance(result, BaseException):
-                        if self.closed:  # closed while this runspace was opening
-                            self._total -= 1
-                            self._close_later(result)
-                        else:
-                            self._idle.append(result)
+                for slot, result in zip(slots, results, strict=True):
+                    if isinstance(result, BaseException):
+                        failures.append(result)
+                        self._drop(slot)
+                        continue
+                    slot.runspace = result
+                    if self.closed:  # closed while this runspace was opening
+                        self._retire(slot)
                     else:
-                        failures += 1
-                        self._total -= 1
+                        self._move(slot, SlotState.idle)
                 self.cond.notify_all()
             if failures:
-                first = next(r for r in results if isinstance(r, BaseException))
-                log.warning("runspace_open_failed", count=failures, error_class=type(first).__name__, detail=str(first))
+                first = failures[0]
+                log.warning(
+                    "runspace_open_failed", count=len(failures), error_class=type(first).__name__, detail=str(first)
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
             else:
@@ -228,24 +349,38 @@ class WarmPool:
 
     # --- borrowing -------------------------------------------------------------------------------
 
-    async def _acquire(self, deadline: float) -> Runspace:
+    async def _acquire(self, deadline: float) -> Slot:
         if self._orphans:
             self._reap_orphans()
         async with self.cond:
             while True:
                 if self._closed:
                     raise EndpointUnavailable("the PowerShell bridge is closed")
-                if self._idle:
-                    self._in_use += 1
-                    return self._idle.popleft()
-                if self._total < self.size:
-                    self._total += 1
-                    self._in_use += 1
+                idle = self._next_idle()
+                if idle is not None:
+                    self._move(idle, SlotState.busy)
+                    return idle
+                if self._room > 0:
+                    slot = self._new_slot(SlotState.opening)
                     break
+                shared = self.budget is not None and self.held < self.size  # the global cap stops us
+                if shared and self.budget is not None and self.budget.reclaim_for(self):
+                    continue  # another tenant's idle runspace made room
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     # Nothing was sent: like an outage, this does not use up a case's attempts.
                     raise EndpointUnavailable("no runspace became free in time (a slow endpoint, or a small pool)")
+                if shared and self.budget is not None:
+                    # Waiting on the shared cap: say so (poorer waiters get room first) and look again
+                    # now and then, since another pool's runspace may turn idle without waking us.
+                    self.budget.waiting(self, +1)
+                    try:
+                        await asyncio.wait_for(self.cond.wait(), min(remaining, 1.0))
+                    except TimeoutError:
+                        continue
+                    finally:
+                        self.budget.waiting(self, -1)
+                    continue
                 try:
                     await asyncio.wait_for(self.cond.wait(), remaining)
                 except TimeoutError:
@@ -254,48 +389,57 @@ class WarmPool:
         # stops waiting, a runspace that opens later joins the pool instead of being thrown away.
         opening = asyncio.ensure_future(self._open(gated=False))
         try:
-            return await asyncio.wait_for(asyncio.shield(opening), max(0.0, deadline - time.monotonic()))
+            slot.runspace = await asyncio.wait_for(asyncio.shield(opening), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            opening.add_done_callback(self._adopt)
+            opening.add_done_callback(lambda done: self._adopt(slot, done))
             raise EndpointUnavailable("a runspace was still opening when the call's time ran out") from None
         except BaseException:
             if not opening.done():
-                opening.add_done_callback(self._adopt)
+                opening.add_done_callback(lambda done: self._adopt(slot, done))
                 raise
             async with self.cond:
-                self._total -= 1
-                self._in_use -= 1
+                self._drop(slot)
                 self.cond.notify()
             raise
+        self._move(slot, SlotState.busy)
+        return slot
 
-    def _adopt(self, opening: asyncio.Future[Runspace]) -> None:
-        """A runspace opened for a caller who left: keep it if it works, give back its slot if not."""
+    def _adopt(self, slot: Slot, opening: asyncio.Future[Runspace]) -> None:
+        """A runspace opened for a caller who left: keep it if it works, give back its room if not."""
 
         async def settle() -> None:
             async with self.cond:
-                self._in_use -= 1
-                if opening.cancelled() or opening.exception() is not None or self._closed:
-                    self._total -= 1
-                    if not opening.cancelled() and opening.exception() is None:
-                        self._close_later(opening.result())
+                opened = not opening.cancelled() and opening.exception() is None
+                if not opened:
+                    self._drop(slot)
                 else:
-                    self._idle.append(opening.result())
+                    slot.runspace = opening.result()
+                    if self._closed:
+                        self._retire(slot)
+                    else:
+                        self._move(slot, SlotState.idle)
                 self.cond.notify()
 
         self._spawn(settle())
 
-    async def _give_back(self, runspace: Runspace, *, broken: bool, reason: str = "") -> None:
-        retire = broken or runspace.calls >= self.recycle_after or self._closed
+    async def _give_back(self, slot: Slot, *, broken: bool, reason: str = "") -> None:
+        runspace = slot.runspace
+        retire = broken or runspace is None or runspace.calls >= self.recycle_after or self._closed
         async with self.cond:
-            self._in_use -= 1
+            lend = not retire and self.budget is not None and self.budget.owes(self)
+            retire = retire or lend
+            if lend:
+                reason = "lent to another tenant"
             if retire:
-                self._total -= 1
+                self._retire(slot)
             else:
-                self._idle.append(runspace)
+                self._move(slot, SlotState.idle)
             self.cond.notify()
         if retire:
-            log.info("runspace_retired", runspace=runspace.name, reason=reason or "recycled", calls=runspace.calls)
-            self._close_later(runspace)
+            name = runspace.name if runspace else f"slot{slot.number}"
+            log.info(
+                "runspace_retired", runspace=name, reason=reason or "recycled", calls=runspace.calls if runspace else 0
+            )
             self._kick_warmer()
 
     def _close_later(self, runspace: Runspace) -> None:
@@ -313,62 +457,138 @@ class WarmPool:
         task.add_done_callback(self._background.discard)
 
     async def call(self, invocations: tuple[Invocation, ...], *, limit: float | None = None) -> RawResult:
-        """Run one pipeline on a borrowed runspace; raises a classified BridgeError on failure."""
+        """Run one pipeline on a borrowed runspace; raises a classified BridgeError on failure.
+
+        A runspace that turns out to have lost its session (the remote shell is gone, the sign-in
+        lapsed, the connected commands vanished) is closed, a fresh one is opened in its slot
+        (connecting again), and the pipeline runs once more there. Every operation the bridge runs
+        is safe to repeat, and a lost shell never ran it.
+        """
         limit = limit or self.call_timeout
         deadline = time.monotonic() + limit
+        pause = self._not_before - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         self.breaker.before_call()
         try:
-            runspace = await self._acquire(deadline)
+            slot = await self._acquire(deadline)
         except BaseException:
             self.breaker.released()  # an open that failed has told the breaker already
             raise
+        for attempt in (1, 2):
+            last = attempt == 2
+            try:
+                result = await self._invoke(slot, invocations, deadline, limit, may_retry=not last)
+            except RunspaceFailure as failure:  # the shell is gone; only raised when a retry is allowed
+                await self._replace(slot, reason=failure.error.message)
+                continue
+            runspace = self._runspace(slot)
+            lost = self._lost_session(runspace, invocations, result)
+            if lost and not last:
+                await self._replace(slot, reason="the session lapsed (commands missing or sign-in needed)")
+                continue
+            self.breaker.succeeded()
+            self.last_success = time.monotonic()
+            if lost and any(breaks_runspace(record) for record in result.records):
+                # still signed out after a fresh connect: the caller classifies it; this runspace goes
+                self._spawn(self._give_back(slot, broken=True, reason="session_lost"))
+            elif lost:  # a command this endpoint does not have: the runspace itself is fine
+                self._spawn(self._finish(slot))
+            else:
+                runspace.worked.update(invocation.name for invocation in invocations)
+                self._spawn(self._finish(slot))
+            return result
+        raise AssertionError("unreachable: the second attempt always returns or raises")
+
+    @staticmethod
+    def _runspace(slot: Slot) -> Runspace:
+        if slot.runspace is None:
+            raise AssertionError(f"slot {slot.number} ({slot.state}) has no runspace")
+        return slot.runspace
+
+    def slow_down(self, seconds: float) -> None:
+        """Pace every caller: Exchange Online said (a "Micro delay applied" warning) it is delaying us.
+
+        The command that carried the warning succeeded, so nothing is repeated; the calls after it
+        wait that long before they start, instead of adding to the load that caused it.
+        """
+        self._not_before = max(self._not_before, time.monotonic() + seconds)
+
+    async def _invoke(
+        self, slot: Slot, invocations: tuple[Invocation, ...], deadline: float, limit: float, *, may_retry: bool
+    ) -> RawResult:
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, runspace.invoke, invocations, deadline)
+        job = loop.run_in_executor(self._executor, self._runspace(slot).invoke, invocations, deadline)
         try:
-            result = await asyncio.wait_for(asyncio.shield(job), max(0.0, deadline - time.monotonic()) + 1.0)
+            return await asyncio.wait_for(asyncio.shield(job), max(0.0, deadline - time.monotonic()) + 1.0)
         except TimeoutError:
-            self._abandon(runspace, job)
+            self._abandon(slot, job)
             self.breaker.failed()
             raise CallTimeout(f"{invocations[-1].name} did not finish within {limit:.0f}s") from None
         except RunspaceFailure as failure:
+            if failure.session_lost and may_retry:
+                raise
             self._judge(failure.error)
-            await self._give_back(runspace, broken=failure.broken, reason=failure.error.code)
+            await self._give_back(slot, broken=failure.broken, reason=failure.error.code)
             raise failure.error from None
         except asyncio.CancelledError:
             self.breaker.released()
-            self._abandon(runspace, job)
+            self._abandon(slot, job)
             raise
-        self.breaker.succeeded()
-        self.last_success = time.monotonic()
-        self._spawn(self._finish(runspace))
-        return result
 
-    async def _finish(self, runspace: Runspace) -> None:
+    def _lost_session(self, runspace: Runspace, invocations: tuple[Invocation, ...], result: RawResult) -> bool:
+        worked_before = any(invocation.name in runspace.worked for invocation in invocations)
+        return any(
+            signals_lost_session(
+                record,
+                command=invocations[-1].name,
+                full_endpoint=self.options.connect_in_session,
+                worked_before=worked_before,
+            )
+            for record in result.records
+        )
+
+    async def _replace(self, slot: Slot, *, reason: str) -> None:
+        """Close a runspace that lost its session and open a fresh one in the same slot."""
+        old = self._runspace(slot)
+        log.warning("runspace_session_lost", runspace=old.name, detail=reason[:300], calls=old.calls)
+        self._close_later(old)
+        slot.runspace = None
+        self._move(slot, SlotState.opening)
+        try:
+            fresh = await self._open(gated=False)
+        except BaseException:
+            async with self.cond:
+                self._drop(slot)
+                self.cond.notify()
+            self._kick_warmer()
+            raise
+        slot.runspace = fresh
+        self._move(slot, SlotState.busy)
+        log.info("runspace_reconnected", runspace=fresh.name, replaced=old.name)
+
+    async def _finish(self, slot: Slot) -> None:
         """Terminate the finished pipeline on the server, then make the runspace available again."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, runspace.finish)
+            await loop.run_in_executor(self._executor, self._runspace(slot).finish)
         except RunspaceFailure as failure:
-            await self._give_back(runspace, broken=True, reason=failure.error.code)
+            await self._give_back(slot, broken=True, reason=failure.error.code)
             return
         except RuntimeError:  # executor shut down
             return
-        await self._give_back(runspace, broken=False)
+        await self._give_back(slot, broken=False)
 
-    def _abandon(self, runspace: Runspace, job: asyncio.Future[RawResult]) -> None:
-        """A caller gave up: the runspace is lost to it; close it once its thread lets go."""
-
-        def closed(_: object) -> None:
-            self._close_later(runspace)
-
-        job.add_done_callback(closed)
+    def _abandon(self, slot: Slot, job: asyncio.Future[RawResult]) -> None:
+        """A caller gave up: the runspace is lost to it; its room is free now, and it closes once its
+        thread lets go."""
+        name = self._runspace(slot).name
+        self._retire(slot, after=job)
 
         async def release() -> None:
             async with self.cond:
-                self._in_use -= 1
-                self._total -= 1
                 self.cond.notify()
-            log.info("runspace_retired", runspace=runspace.name, reason="abandoned")
+            log.info("runspace_retired", runspace=name, reason="abandoned")
             self._kick_warmer()
 
         self._spawn(release())
@@ -385,15 +605,15 @@ class WarmPool:
                 f"circuit open after repeated failures (next probe in {self.breaker.retry_in():.0f}s)"
             )
         async with self.cond:
-            runspace = self._idle.popleft() if self._idle else None
-            if runspace is not None:
-                self._in_use += 1
-        if runspace is not None:
-            alive = await loop.run_in_executor(self._executor, runspace.is_alive, max(1, int(seconds)))
-            await self._give_back(runspace, broken=not alive, reason="probe failed")
+            slot = self._next_idle()
+            if slot is not None:
+                self._move(slot, SlotState.busy)
+        if slot is not None:
+            alive = await loop.run_in_executor(self._executor, self._runspace(slot).is_alive, max(1, int(seconds)))
+            await self._give_back(slot, broken=not alive, reason="probe failed")
             if alive:
                 return
-        elif self._in_use and time.monotonic() - self.last_success < 30:
+        elif self._count(SlotState.busy) and time.monotonic() - self.last_success < 30:
             return  # every runspace is busy, and calls are succeeding
         reachable = await loop.run_in_executor(self._executor, ping, self.options, seconds)
         if not reachable:

@@ -9,7 +9,30 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from service.domain.tenant import InboxRule, Restriction, UserInfo
+from service.domain.tenant import (
+    AuthMethod,
+    Forwarding,
+    InboxRule,
+    MailboxPermission,
+    OAuthGrant,
+    RecipientPermission,
+    Restriction,
+    ServicePrincipal,
+    UserInfo,
+)
+
+
+class GatewayDirectory(Protocol):
+    """The gateways of a process by tenant name (service.worker.gateways.Gateways)."""
+
+    @property
+    def default(self) -> TenantGateway | None: ...
+
+    async def for_tenant(self, name: str) -> TenantGateway: ...
+
+    def started(self) -> dict[str, TenantGateway]: ...
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable
@@ -34,7 +57,20 @@ class TenantGateway(Protocol):
 
     async def revoke_sessions(self, upn: str) -> None: ...
 
-    async def list_inbox_rules(self, mailbox: str) -> list[InboxRule]: ...
+    async def list_inbox_rules(self, mailbox: str) -> list[InboxRule]:
+        """Every rule, hidden ones included (marked ``hidden``)."""
+
+    async def get_forwarding(self, mailbox: str) -> Forwarding: ...
+
+    async def list_mailbox_permissions(self, mailbox: str) -> list[MailboxPermission]: ...
+
+    async def list_send_as(self, mailbox: str) -> list[RecipientPermission]: ...
+
+    async def list_auth_methods(self, upn: str) -> list[AuthMethod]: ...
+
+    async def list_oauth_grants(self, upn: str) -> list[OAuthGrant]: ...
+
+    async def get_service_principal(self, object_id: str) -> ServicePrincipal | None: ...
 
     async def disable_inbox_rule(self, mailbox: str, identity: str) -> None: ...
 

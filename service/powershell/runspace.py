@@ -36,17 +36,28 @@ from pypsrp.wsman import WSMan
 
 from service.config import Settings
 from service.errors import BridgeError, CallTimeout, EndpointUnavailable, PermissionDenied
-from service.powershell.classify import WSMAN_OPERATION_TIMEOUT, RecordInfo, classify, classify_wsman_fault
+from service.powershell.classify import (
+    WSMAN_INVALID_SELECTORS,
+    WSMAN_OPERATION_TIMEOUT,
+    RecordInfo,
+    classify,
+    classify_wsman_fault,
+)
 from service.powershell.commands import CONNECT_EXCHANGE, CONNECT_GRAPH, EXCHANGE_COMMANDS, Invocation
 
 
 class RunspaceFailure(Exception):
-    """The call failed below PowerShell; ``broken`` means the runspace must be replaced."""
+    """The call failed below PowerShell; ``broken`` means the runspace must be replaced.
 
-    def __init__(self, error: BridgeError, *, broken: bool) -> None:
+    ``session_lost`` says the remote shell itself is gone (an idle timeout, a WinRM restart): the
+    command did not run there, and a fresh runspace can run it.
+    """
+
+    def __init__(self, error: BridgeError, *, broken: bool, session_lost: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
         self.broken = broken
+        self.session_lost = session_lost
 
 
 class Secret:
@@ -139,6 +150,8 @@ def record_info(record: Any, *, terminating: bool = False) -> RecordInfo:
         exception_types=types,
         message=message,
         terminating=terminating,
+        details=str(getattr(record, "details_message", "") or ""),
+        activity=str(getattr(record, "activity", "") or ""),
     )
 
 
@@ -149,7 +162,11 @@ def _transport_failure(error: Exception) -> RunspaceFailure:
             broken=True,
         )
     if isinstance(error, WSManFaultError):
-        return RunspaceFailure(classify_wsman_fault(error.code, str(error.reason or error)), broken=True)
+        return RunspaceFailure(
+            classify_wsman_fault(error.code, str(error.reason or error)),
+            broken=True,
+            session_lost=error.code == WSMAN_INVALID_SELECTORS,
+        )
     if isinstance(error, WinRMTransportError):
         return RunspaceFailure(EndpointUnavailable(f"the PowerShell endpoint answered HTTP {error.code}"), broken=True)
     kind = type(error).__name__
@@ -200,12 +217,27 @@ def ping(options: EndpointOptions, timeout: float) -> bool:
     return True
 
 
+def connect_invocations(o: EndpointOptions) -> tuple[Invocation, Invocation]:
+    """The in-session sign-ins of a runspace on a full endpoint: app-only, certificate, no prompts."""
+    return (
+        CONNECT_EXCHANGE(
+            AppId=o.app_id,
+            CertificateThumbprint=o.cert_thumbprint,
+            Organization=o.organization,
+            ShowBanner=False,
+            CommandName=list(EXCHANGE_COMMANDS),
+            SkipLoadingFormatData=True,
+        ),
+        CONNECT_GRAPH(ClientId=o.app_id, CertificateThumbprint=o.cert_thumbprint, TenantId=o.tenant_id, NoWelcome=True),
+    )
+
+
 class Runspace:
     def __init__(self, options: EndpointOptions, *, name: str) -> None:
         self.options = options
         self.name = name
         self.calls = 0
-        self.opened_at = 0.0
+        self.worked: set[str] = set()  # commands that ran here without going missing
         self._wsman: WSMan | None = None
         self._pool: PypsrpPool | None = None
         self._pending_close: PowerShell | None = None
@@ -226,23 +258,9 @@ class Runspace:
         if o.connect_in_session:
             self._bootstrap(deadline)
         self.calls = 0  # the connects do not count towards recycling
-        self.opened_at = time.monotonic()
 
     def _bootstrap(self, deadline: float) -> None:
-        o = self.options
-        connects = (
-            CONNECT_EXCHANGE(
-                AppId=o.app_id,
-                CertificateThumbprint=o.cert_thumbprint,
-                Organization=o.organization,
-                ShowBanner=False,
-                CommandName=list(EXCHANGE_COMMANDS),
-                SkipLoadingFormatData=True,
-            ),
-            CONNECT_GRAPH(
-                ClientId=o.app_id, CertificateThumbprint=o.cert_thumbprint, TenantId=o.tenant_id, NoWelcome=True
-            ),
-        )
+        connects = connect_invocations(self.options)
         for connect in connects:
             try:
                 result = self.invoke((connect,), deadline)
@@ -256,6 +274,19 @@ class Runspace:
                 classified = classify(relevant[0], cmdlet=connect.name) if relevant else None
                 error = classified.error if classified else EndpointUnavailable(f"{connect.name} failed")
                 raise RunspaceFailure(error, broken=True)
+
+    def command_metadata(self, names: list[str]) -> dict[str, set[str]]:
+        """PSRP GetCommandMetadata: which of ``names`` this runspace offers, with their parameter names
+        (lower-cased). A name the endpoint does not offer is simply absent from the answer."""
+        if self._pool is None:
+            raise RunspaceFailure(EndpointUnavailable("the runspace is not open"), broken=True)
+        try:
+            found = self._pool.get_command_metadata(names)
+        except TRANSPORT_ERRORS as error:
+            raise _transport_failure(error) from error
+        return {
+            str(meta.name).lower(): {str(p).lower() for p in (meta.parameters or {})} for meta in found if meta.name
+        }
 
     def is_alive(self, timeout: int = 3) -> bool:
         if self._pool is None:

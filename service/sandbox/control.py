@@ -1,8 +1,16 @@
 """The control API under ``/_sandbox`` (contract section 6): JSON, no auth, loopback only.
 
-Tests and integrators use it to arrange the tenant (users, restricted senders), to turn the
+Tests and integrators use it to arrange a tenant (users, restricted senders), to turn the
 knobs (latency, unblock limit, restore delay, re-blocks), to inject faults, and to read the
 call log that proves what reached the tenant.
+
+The sandbox hosts several tenants. Every endpoint that reads or changes one tenant's state
+(``state``, ``users``, ``senders``, ``faults``, ``config``) takes ``?tenant=NAME`` (the short
+name, e.g. ``fabrikam``; default: the first tenant, contoso); an unknown name is 404. Two
+endpoints are the sandbox's rather than one tenant's: ``POST /reset`` without ``?tenant=``
+resets the whole sandbox (every tenant, the call log), as it always did, and with it resets that
+tenant alone; ``GET``/``DELETE /calls`` read or empty the one call log of every tenant, or, with
+``?tenant=``, only that tenant's calls.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service.sandbox.shells import ShellRegistry
-from service.sandbox.tenant import FAULT_KINDS, Tenant
+from service.sandbox.tenant import FAULT_KINDS, Tenant, Tenants, as_tenants
 
 _LOCAL_NAMES = {"localhost", "testclient"}  # the latter: Starlette's in-process test client
 
@@ -54,29 +62,56 @@ async def _json(request: Request) -> dict[str, Any]:
     return body
 
 
+class UnknownTenant(LookupError):
+    """``?tenant=`` names no tenant of the sandbox (404)."""
+
+
 def _guarded(handler: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
+        except UnknownTenant as error:
+            return _error(404, str(error))
         except ValueError as error:
             return _error(400, str(error))
 
     return wrapped
 
 
-def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
-    async def state(_: Request) -> Response:
-        return JSONResponse(tenant.snapshot(shells=len(registry)))
+def build_control_app(tenants: Tenants | Tenant, registry: ShellRegistry) -> Starlette:
+    sandbox = as_tenants(tenants)
+
+    def named(request: Request) -> Tenant | None:
+        """The tenant ``?tenant=`` names, or None when the request names none."""
+        name = request.query_params.get("tenant")
+        if not name:
+            return None
+        try:
+            return sandbox.named(name)
+        except ValueError as error:
+            raise UnknownTenant(str(error)) from None
+
+    def chosen(request: Request) -> Tenant:
+        return named(request) or sandbox.first
+
+    async def state(request: Request) -> Response:
+        tenant = chosen(request)
+        return JSONResponse({**tenant.snapshot(shells=len(registry)), "tenants": sandbox.describe()})
 
     async def reset(request: Request) -> Response:
+        only = named(request)
         body = await _json(request) if await request.body() else {}
         seed = body.get("seed", "demo")
         if seed not in ("demo", "empty"):
             raise ValueError("seed must be demo or empty")
-        tenant.reset(seed)
-        return JSONResponse({"seed": seed})
+        if only is None:
+            sandbox.reset(seed)
+            return JSONResponse({"seed": seed})
+        only.reseed(seed)
+        return JSONResponse({"seed": seed, "tenant": only.name})
 
     async def add_user(request: Request) -> Response:
+        tenant = chosen(request)
         body = await _json(request)
         upn = body.get("upn")
         if not isinstance(upn, str) or "@" not in upn:
@@ -93,6 +128,7 @@ def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
         return JSONResponse(user.public(), status_code=201)
 
     async def get_user(request: Request) -> Response:
+        tenant = chosen(request)
         user = tenant.find_user(request.path_params["upn"])
         if user is None:
             return _error(404, "no such user")
@@ -103,6 +139,7 @@ def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
         return JSONResponse(data)
 
     async def add_sender(request: Request) -> Response:
+        tenant = chosen(request)
         body = await _json(request)
         address = body.get("address")
         if not isinstance(address, str) or "@" not in address:
@@ -114,17 +151,23 @@ def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
         return JSONResponse(sender.public(), status_code=201)
 
     async def calls(request: Request) -> Response:
-        since = int(request.query_params.get("since", "0") or 0)
-        with tenant.lock:
-            items = [c.public() for c in tenant.calls if c.seq > since]
+        only = named(request)
+        try:
+            since = int(request.query_params.get("since", "0") or 0)
+        except ValueError:
+            raise ValueError("since must be a call's seq (an integer)") from None
+        with sandbox.lock:
+            items = [c.public() for c in sandbox.log.calls if c.seq > since and (only is None or c.tenant == only.name)]
         return JSONResponse(items)
 
-    async def clear_calls(_: Request) -> Response:
-        with tenant.lock:
-            tenant.calls.clear()
+    async def clear_calls(request: Request) -> Response:
+        only = named(request)
+        with sandbox.lock:
+            sandbox.log.clear(only.name if only is not None else None)
         return Response(status_code=204)
 
     async def add_fault(request: Request) -> Response:
+        tenant = chosen(request)
         body = await _json(request)
         cmdlet, kind, times = body.get("cmdlet"), body.get("kind"), body.get("times", 1)
         if not isinstance(cmdlet, str) or not cmdlet:
@@ -136,12 +179,14 @@ def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
         fault = tenant.add_fault(cmdlet, kind, times)
         return JSONResponse({"cmdlet": fault.cmdlet, "kind": fault.kind, "times": fault.times}, status_code=201)
 
-    async def clear_faults(_: Request) -> Response:
+    async def clear_faults(request: Request) -> Response:
+        tenant = chosen(request)
         with tenant.lock:
             tenant.faults.clear()
         return Response(status_code=204)
 
     async def configure(request: Request) -> Response:
+        tenant = chosen(request)
         config = tenant.configure(await _json(request))
         return JSONResponse(
             {
@@ -151,6 +196,8 @@ def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
                 "reblock_on_unblock": config.reblock_on_unblock,
                 "throttle_retry_after_s": config.throttle_retry_after_s,
                 "denied_cmdlets": config.denied_cmdlets,
+                "forbidden_cmdlets": config.forbidden_cmdlets,
+                "graph_permissions": config.graph_permissions,
             }
         )
 
@@ -170,7 +217,12 @@ def build_control_app(tenant: Tenant, registry: ShellRegistry) -> Starlette:
 
 
 class LoopbackOnly:
-    """The control API changes the tenant at will: refuse it to anything but this machine."""
+    """The control API changes the tenant at will: refuse it to anything but this machine.
+
+    The peer is ``scope["client"]``, the socket's address: headers such as X-Forwarded-For are
+    the client's own claim and are never read here (the sandbox's uvicorn runs without proxy
+    headers, so nothing rewrites the client from them either).
+    """
 
     def __init__(self, app: Starlette) -> None:
         self.app = app

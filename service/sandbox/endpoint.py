@@ -18,11 +18,10 @@ import xml.etree.ElementTree as ET
 from starlette.types import Receive, Scope, Send
 
 from service.sandbox import wsman
-from service.sandbox.runner import start_pipeline
-from service.sandbox.shells import CommandRun, Outbox, Shell, ShellRegistry
+from service.sandbox.runner import start_metadata, start_pipeline
+from service.sandbox.shells import CommandRun, Outbox, Shell, ShellRegistry, serving
 from service.sandbox.wsman import NS, Action, Request, WSManFault, q
 
-KNOWN_CONFIGURATIONS = {"microsoft.powershell", "microsoft.powershell32", "powershell.7", "unblockrunner"}
 SOAP = b"application/soap+xml;charset=UTF-8"
 MAX_BODY = 2 * 1024 * 1024
 MAX_LONG_POLL = 60.0
@@ -40,6 +39,7 @@ class WSManEndpoint:
     def __init__(self, registry: ShellRegistry, *, username: str, password: str, machine: str = "sandbox") -> None:
         self.registry = registry
         self.registry.on_pipeline = start_pipeline
+        self.registry.on_metadata = start_metadata
         self.credentials = base64.b64encode(f"{username}:{password}".encode()).decode()
         self.machine = machine
         self.endpoint_url = ""
@@ -116,7 +116,8 @@ class WSManEndpoint:
         if not request.resource_uri.startswith(wsman.POWERSHELL_RESOURCE_PREFIX):
             raise _invalid_resource(request.resource_uri)
         configuration = request.resource_uri[len(wsman.POWERSHELL_RESOURCE_PREFIX) :]
-        if configuration.lower() not in KNOWN_CONFIGURATIONS:
+        served = serving(configuration, self.registry.tenants)
+        if served is None:
             raise WSManFault(
                 wsman.ERROR_INVALID_RESOURCE_URI,
                 "w:DestinationUnreachable",
@@ -145,7 +146,9 @@ class WSManEndpoint:
                 configuration=configuration,
                 owner="sandbox",
                 client_ip=str(client[0]),
-                tenant=self.registry.tenant,
+                tenant=served[0],
+                tenants=self.registry.tenants,
+                jea=served[1],
                 idle_timeout=idle,
             )
         )
@@ -205,8 +208,8 @@ class WSManEndpoint:
             outbox = run.outbox
         else:
             outbox = shell.pool_outbox
-        if outbox.last_message_id == request.message_id and outbox.last_answer is not None:
-            return outbox.last_answer  # the client retried after a read timeout: same data again
+        if request.operation_id and outbox.last_operation_id == request.operation_id and outbox.last_answer is not None:
+            return outbox.last_answer  # a robust-connection retry of the same operation: same data again
         if run is not None and run.drop_next_receive:
             run.drop_next_receive = False
             raise _Drop
@@ -219,7 +222,7 @@ class WSManEndpoint:
             if shell.closed:
                 raise wsman.shell_not_found_fault(shell.id)
         answer = self._receive_answer(request, outbox, run)
-        outbox.last_message_id, outbox.last_answer = request.message_id, answer
+        outbox.last_operation_id, outbox.last_answer = request.operation_id, answer
         return answer
 
     def _receive_answer(self, request: Request, outbox: Outbox, run: CommandRun | None) -> bytes:

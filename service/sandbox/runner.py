@@ -1,4 +1,8 @@
-"""Running a pipeline: each command in turn, with the tenant's latency and injected faults.
+"""Running a pipeline: each command in turn, with its tenant's latency and injected faults.
+
+Each command runs against one tenant (:func:`service.sandbox.cmdlets.tenant_for`): that tenant's
+faults strike it, that tenant's config delays, hides or forbids it, it reads and writes that
+tenant's state, and the call log records it under that tenant's name.
 
 A pipeline waits for a free runspace of its pool (so min/max runspaces hold), runs its
 statements, pipes the output of one command into the next, and ends Completed or Failed the
@@ -12,12 +16,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from psrpcore.types import ErrorCategoryInfo, ErrorRecord, NETException, PSInvocationState
+from psrpcore.types import ErrorCategoryInfo, ErrorDetails, ErrorRecord, NETException, PSInvocationState
 
-from service.sandbox import cmdlets, records
+from service.sandbox import binding, cmdlets, faults, records
+from service.sandbox import metadata as command_metadata
 from service.sandbox.records import CmdletError, ErrorSpec
 from service.sandbox.shells import CommandRun, Shell
-from service.sandbox.tenant import now_utc
+from service.sandbox.tenant import COMMAND_FAULTS, SESSION_FAULTS, now_utc
+
+
+class ShellLost(Exception):
+    """The ``shell_lost`` fault: the remote shell disappears, as after an idle timeout or a WinRM restart."""
 
 
 def _exception(spec: ErrorSpec) -> NETException:
@@ -29,11 +38,15 @@ def _exception(spec: ErrorSpec) -> NETException:
 def _category(spec: ErrorSpec, cmdlet: str) -> ErrorCategoryInfo:
     return ErrorCategoryInfo(
         Category=spec.category,
-        Activity=cmdlet,
+        Activity=spec.activity if spec.shape else cmdlet,
         Reason=spec.reason or spec.exception_name,
         TargetName=spec.target_name,
         TargetType="String" if spec.target_name else "",
     )
+
+
+def _details(spec: ErrorSpec) -> ErrorDetails | None:
+    return ErrorDetails(Message=spec.details) if spec.details else None
 
 
 def error_record(spec: ErrorSpec, cmdlet: str) -> ErrorRecord:
@@ -42,6 +55,7 @@ def error_record(spec: ErrorSpec, cmdlet: str) -> ErrorRecord:
         CategoryInfo=_category(spec, cmdlet),
         TargetObject=spec.target_name or None,
         FullyQualifiedErrorId=spec.fqid,
+        ErrorDetails=_details(spec),
     )
 
 
@@ -51,6 +65,7 @@ def _write_error(run: CommandRun, spec: ErrorSpec, cmdlet: str) -> None:
         category_info=_category(spec, cmdlet),
         target_object=spec.target_name or None,
         fully_qualified_error_id=spec.fqid,
+        error_details=_details(spec),
     )
 
 
@@ -69,9 +84,10 @@ def _raw_parameters(command: Any) -> dict[str, Any]:
 async def _run_command(
     shell: Shell, run: CommandRun, runspace: cmdlets.Runspace, command: Any, piped: list[Any], has_input: bool
 ) -> list[Any]:
-    tenant = shell.tenant
     name = str(command.command_text)
     received = now_utc()
+    # The tenant the command runs against: its faults, its config, its data, its name in the call log.
+    tenant = cmdlets.tenant_for(runspace, name, jea=shell.jea)
 
     def log(outcome: str, parameters: dict[str, Any]) -> None:
         call = tenant.record_call(runspace=runspace.name, cmdlet=name, parameters=parameters, outcome=outcome)
@@ -80,55 +96,74 @@ async def _run_command(
     if command.is_script:
         log("failed: ScriptsNotAllowed", {"script": "<script text>"})
         raise CmdletError(records.script_not_allowed(), terminating=True)
-    found = cmdlets.lookup(name, runspace, jea=shell.jea)
+    if not cmdlets.is_connect(name):
+        session_fault = tenant.take_fault(name, SESSION_FAULTS)
+        if session_fault == "shell_lost":
+            log("fault: shell_lost", _raw_parameters(command))
+            raise ShellLost
+        if session_fault == "session_expired":
+            runspace.expire()  # what the command does next is what it does in a runspace that lost its sign-in
+            log("fault: session_expired (the runspace forgot its connections)", _raw_parameters(command))
+    found = cmdlets.lookup(name, runspace, jea=shell.jea, hidden=cmdlets.hidden_in(runspace, jea=shell.jea))
     if isinstance(found, ErrorSpec):
-        log(f"failed: {found.fqid.split(',')[0]}", _raw_parameters(command))
+        log(f"failed: {_short(found)}", _raw_parameters(command))
         raise CmdletError(found, terminating=True)
     name = found.name
     try:
-        bound = cmdlets.bind(found, command.parameters)
-        cmdlets.check_mandatory(found, bound, has_input)
+        bound = binding.bind(
+            found.syntax,
+            command.parameters,
+            has_input=has_input,
+            target=found.binding_target,
+            pattern_for=cmdlets.pattern_for(found, jea=shell.jea),
+        )
     except CmdletError as error:
-        log(f"failed: {error.spec.fqid.split(',')[0]}", _raw_parameters(command))
+        log(f"failed: {_short(error.spec)}", _raw_parameters(command))
         raise
     parameters = cmdlets.loggable(found, bound)
+    tenant = cmdlets.named_tenant(found, bound, shell.tenants) or tenant  # a Connect-* runs against the one it names
     runspace.calls += 1
-    if has_input and not piped and any(p.pipeline for p in found.params):
+    if has_input and not piped and any(p.pipeline for p in found.syntax.parameters):
         log("ok (no pipeline input)", parameters)  # a process block with nothing to process
         return []
 
-    fault = tenant.take_fault(found.name)
+    fault = tenant.take_fault(found.name, COMMAND_FAULTS)
     if fault == "hang":
         log("fault: hang", parameters)
         await asyncio.Event().wait()  # until the client stops, terminates or deletes
     latency = tenant.config.latency_for(found.name)
     if latency:
         await asyncio.sleep(latency)
+    micro_delay_ms = 0
     if fault == "transient":
         log("fault: transient", parameters)
-        raise CmdletError(records.transient(found.name), terminating=True)
+        raise CmdletError(faults.transient(found), terminating=True)
     if fault == "fatal":
         log("fault: fatal", parameters)
         raise CmdletError(records.fatal(found.name), terminating=True)
     if fault == "throttled":
-        log("fault: throttled", parameters)
-        _write_error(run, records.throttled(found.name, tenant.config.throttle_retry_after_s), found.name)
-        return []
+        retry_after = tenant.config.throttle_retry_after_s
+        if found.family == "exchange":
+            # Exchange Online slows the caller down and still runs the command, with a WARNING.
+            micro_delay_ms = max(1, retry_after) * 100
+            await asyncio.sleep(micro_delay_ms / 1000)
+        else:
+            log("fault: throttled", parameters)
+            _write_error(run, faults.throttled(found, retry_after), found.name)
+            return []
 
-    if tenant.config.denies(found.name):
-        denied = (
-            records.graph_denied(found.graph_set)
-            if found.graph_set
-            else records.exo_access_denied(found.name, found.class_name)
-        )
-        log(f"error: {_short(denied.fqid)}", parameters)
+    if tenant.config.forbids(found.name):
+        denied = faults.forbidden(found, bound)
+        log(f"error: {_short(denied)}", parameters)
         _write_error(run, denied, found.name)
         return []
-    ctx = cmdlets.Context(tenant=tenant, runspace=runspace, jea=shell.jea, now=received)
+    ctx = cmdlets.Context(tenant=tenant, runspace=runspace, jea=shell.jea, tenants=shell.tenants, now=received)
+    if micro_delay_ms:
+        ctx.warnings.append(records.exo_micro_delay(micro_delay_ms))
     try:
         output = found.run(ctx, bound, piped)
     except CmdletError as error:
-        log(f"failed: {error.spec.fqid.split(',')[0].rsplit(' ', 1)[-1]}", parameters)
+        log(f"failed: {_short(error.spec)}", parameters)
         raise
     for spec in ctx.errors:
         _write_error(run, spec, found.name)
@@ -138,7 +173,9 @@ async def _run_command(
         run.pipeline.write_warning(message)
     for activity, status, percent in ctx.progress:
         run.pipeline.write_progress(activity, 1, status, percent_complete=percent)
-    outcome = "ok" if not ctx.errors else f"error: {_short(ctx.errors[0].fqid)}"
+    outcome = "ok" if not ctx.errors else f"error: {_short(ctx.errors[0])}"
+    if micro_delay_ms:
+        outcome += " (fault: throttled, micro delay applied)"
     if fault == "drop_connection":
         run.drop_next_receive = True
         outcome += " (connection dropped)"
@@ -146,10 +183,12 @@ async def _run_command(
     return output
 
 
-def _short(fqid: str) -> str:
-    head = fqid.split(",")[0]
-    if "FailureCategory=Cmdlet-" in fqid:
-        return fqid.split("FailureCategory=Cmdlet-", 1)[1].split("]", 1)[0]
+def _short(spec: ErrorSpec) -> str:
+    """What the call log says about an error: the exception's short name (Exchange v3 and AD ids say
+    little), else the head of the FullyQualifiedErrorId (PowerShell's and Graph's ids name the error)."""
+    head = spec.fqid.split(",")[0]
+    if spec.fqid.endswith("Write-ErrorMessage") or head.startswith("ActiveDirectory") or not head:
+        return spec.reason or spec.exception_name
     return head
 
 
@@ -182,6 +221,9 @@ async def run_pipeline(shell: Shell, run: CommandRun, metadata: Any) -> None:
         run.pipeline.complete()
     except CmdletError as error:
         _fail(run, error.spec, current)
+    except ShellLost:
+        shell.lose()  # the client's next request on this shell gets WS-Management's "shell not found" fault
+        return
     except asyncio.CancelledError:
         raise
     except Exception as error:  # noqa: BLE001 - a bug in an emulation must still end the pipeline
@@ -194,3 +236,25 @@ async def run_pipeline(shell: Shell, run: CommandRun, metadata: Any) -> None:
 
 def start_pipeline(shell: Shell, run: CommandRun, metadata: Any) -> None:
     run.task = asyncio.get_running_loop().create_task(run_pipeline(shell, run, metadata))
+
+
+async def answer_metadata(shell: Shell, run: CommandRun, request: Any) -> None:
+    """A GET_COMMAND_METADATA pipeline: it runs in a runspace of the pool like any other pipeline."""
+    runspace = await shell.acquire()
+    try:
+        run.pipeline.start()
+        found = command_metadata.matching(
+            command_metadata.available(runspace, jea=shell.jea, hidden=cmdlets.hidden_in(runspace, jea=shell.jea)),
+            request.name,
+        )
+        for value in command_metadata.metadata_answer(found):
+            run.pipeline.write_output(value)
+        run.pipeline.complete()
+    finally:
+        shell.release(runspace)
+        if not shell.closed:
+            shell.flush()
+
+
+def start_metadata(shell: Shell, run: CommandRun, request: Any) -> None:
+    run.task = asyncio.get_running_loop().create_task(answer_metadata(shell, run, request))

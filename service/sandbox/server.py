@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from service.sandbox.control import LoopbackOnly, build_control_app
 from service.sandbox.endpoint import WSManEndpoint
 from service.sandbox.shells import ShellRegistry
-from service.sandbox.tenant import Tenant
+from service.sandbox.tenant import Call, Tenant, Tenants, as_tenants
 
 USERNAME = "sandbox"
 PASSWORD = "sandbox"  # noqa: S105 - the sandbox's documented, public credential
@@ -67,12 +67,19 @@ class _DropNoise(logging.Filter):
 class SandboxApp:
     """``/wsman`` for PSRP clients, ``/_sandbox`` for tests and integrators."""
 
-    def __init__(self, tenant: Tenant, *, path: str = "wsman", username: str = USERNAME, password: str = PASSWORD):
-        self.tenant = tenant
-        self.registry = ShellRegistry(tenant)
+    def __init__(
+        self,
+        tenants: Tenants | Tenant,
+        *,
+        path: str = "wsman",
+        username: str = USERNAME,
+        password: str = PASSWORD,
+    ):
+        self.tenants = as_tenants(tenants)
+        self.registry = ShellRegistry(self.tenants)
         self.path = "/" + path.strip("/")
         self.wsman = WSManEndpoint(self.registry, username=username, password=password)
-        self.control = LoopbackOnly(build_control_app(tenant, self.registry))
+        self.control = LoopbackOnly(build_control_app(self.tenants, self.registry))
         self._reaper: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -145,7 +152,11 @@ def make_certificate(directory: Path, host: str) -> tuple[Path, Path]:
 
 
 class SandboxServer:
-    """A sandbox tenant listening on ``host:port`` (port 0 picks a free one)."""
+    """The sandbox's tenants listening on ``host:port`` (port 0 picks a free one).
+
+    ``tenant`` is the first (default) tenant, contoso; ``tenants`` every tenant by short name
+    (``tenants["fabrikam"]``, or :meth:`tenant_named`); ``calls`` the one call log of them all.
+    """
 
     def __init__(
         self,
@@ -157,14 +168,15 @@ class SandboxServer:
         tenant: Tenant | None = None,
         path: str = "wsman",
         log_level: str | None = None,
+        tenants: Tenants | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.tls = tls
         self.path = path
-        self.tenant = tenant or Tenant(seed)
+        self.tenants = tenants or (as_tenants(tenant) if tenant is not None else Tenants(seed))
         self.log_level = log_level
-        self.app = SandboxApp(self.tenant, path=path)
+        self.app = SandboxApp(self.tenants, path=path)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="unblock-sandbox-") if tls else None
@@ -173,6 +185,20 @@ class SandboxServer:
         if self._tmp is not None:
             self.cert_path, self._key_path = make_certificate(Path(self._tmp.name), host)
         logging.getLogger("uvicorn.error").addFilter(_DropNoise())
+
+    @property
+    def tenant(self) -> Tenant:
+        """The first tenant (contoso): the one ``UnblockRunner`` and a control request without ``?tenant=`` serve."""
+        return self.tenants.first
+
+    def tenant_named(self, name: str) -> Tenant:
+        """A tenant by short name (``"fabrikam"``); ValueError for one the sandbox does not have."""
+        return self.tenants.named(name)
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every call the sandbox received, of every tenant, in order (each names its tenant and runspace)."""
+        return self.tenants.calls
 
     @property
     def scheme(self) -> str:
@@ -198,6 +224,9 @@ class SandboxServer:
             access_log=False,
             lifespan="on",
             timeout_keep_alive=120,
+            # The control API trusts loopback peers (LoopbackOnly): the peer must be the socket's,
+            # never what an X-Forwarded-For or Forwarded header claims, whatever FORWARDED_ALLOW_IPS says.
+            proxy_headers=False,
             ssl_certfile=str(self.cert_path) if self.cert_path else None,
             ssl_keyfile=str(self._key_path) if self._key_path else None,
         )
@@ -236,7 +265,7 @@ class SandboxServer:
 
     def restart(self) -> None:
         """Start again on the same port, with the same tenant state (after an outage)."""
-        self.app = SandboxApp(self.tenant, path=self.path)
+        self.app = SandboxApp(self.tenants, path=self.path)
         self.start()
 
     @property

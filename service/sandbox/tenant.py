@@ -1,22 +1,84 @@
-"""The emulated tenant: users, the restricted-sender list, and the knobs tests turn.
+"""The emulated tenants: users, the restricted-sender list, and the knobs tests turn.
 
-State lives in memory behind one lock: the sandbox's event loop mutates it while a test
-thread may read it. Nothing here speaks a protocol; :mod:`service.sandbox.cmdlets` reads and
-writes it on behalf of remote commands and :mod:`service.sandbox.control` exposes it as JSON.
+The sandbox hosts several tenants (:class:`Tenants`, in order; the first is the default one):
+the demo seed has contoso, as it always had, and fabrikam. Each :class:`Tenant` has its own
+directory, restricted list, unblock history, faults and configuration (latency, denied
+commands, Graph permissions...): a fault or a knob set on one tenant strikes only commands that
+run against it. The call log is one for the whole sandbox: one sequence, each call naming the
+tenant it ran against and the runspace it ran in.
+
+State lives in memory behind one lock, shared by every tenant of a sandbox: the sandbox's event
+loop mutates it while a test thread may read it. Nothing here speaks a protocol;
+:mod:`service.sandbox.cmdlets` reads and writes it on behalf of remote commands and
+:mod:`service.sandbox.control` exposes it as JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 DEFAULT_DOMAIN = "contoso.com"
 ONMICROSOFT_DOMAIN = "contoso.onmicrosoft.com"
-FAULT_KINDS = ("transient", "throttled", "fatal", "drop_connection", "hang")
-FaultKind = Literal["transient", "throttled", "fatal", "drop_connection", "hang"]
+TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
+#: The object id of the Microsoft Graph service principal in the sandbox tenant (the resource of mail consents).
+GRAPH_RESOURCE_ID = "00000000-6a00-4000-8000-000000000003"
+FAULT_KINDS = ("transient", "throttled", "fatal", "drop_connection", "hang", "session_expired", "shell_lost")
+FaultKind = Literal["transient", "throttled", "fatal", "drop_connection", "hang", "session_expired", "shell_lost"]
+#: Faults that strike before the command is looked up: the runspace's session, or the whole shell, is gone.
+SESSION_FAULTS: tuple[FaultKind, ...] = ("session_expired", "shell_lost")
+COMMAND_FAULTS: tuple[FaultKind, ...] = tuple(k for k in FAULT_KINDS if k not in SESSION_FAULTS)  # type: ignore[misc]
+
+
+#: Who the demo seed puts on contoso's restricted list, with the counts of its reason text.
+DEMO_RESTRICTED: dict[str, tuple[int, int, str]] = {
+    f"rob@{DEFAULT_DOMAIN}": (12, 480, "External"),
+    f"laura@{DEFAULT_DOMAIN}": (1020, 3, "Internal"),
+    f"julia@{DEFAULT_DOMAIN}": (40, 10400, "Total"),
+    f"victor@{DEFAULT_DOMAIN}": (6, 730, "External"),
+}
+
+FABRIKAM_DOMAIN = "fabrikam.com"
+FABRIKAM_ONMICROSOFT_DOMAIN = "fabrikam.onmicrosoft.com"
+FABRIKAM_TENANT_ID = "2b7e151c-3a4d-4f6e-8c9a-5d0e1f2a3b4c"
+#: Who the demo seed puts on fabrikam's restricted list (mia; noah is not restricted).
+FABRIKAM_RESTRICTED: dict[str, tuple[int, int, str]] = {
+    f"mia@{FABRIKAM_DOMAIN}": (8, 615, "External"),
+}
+
+
+@dataclass(frozen=True)
+class TenantProfile:
+    """Who a tenant is: its short name (the call log's and the control API's), its initial
+    ``.onmicrosoft.com`` domain (Connect-ExchangeOnline -Organization), its tenant id
+    (Connect-MgGraph -TenantId) and its accepted domains, the default first.
+
+    ``object_base`` starts the tenant's object numbering (user object ids, method, app and grant
+    ids), so that no two tenants' objects share an id, as no two directory objects do in Entra ID.
+    """
+
+    name: str
+    initial_domain: str
+    tenant_id: str
+    accepted_domains: tuple[str, ...]
+    object_base: int = 0
+
+
+CONTOSO = TenantProfile("contoso", ONMICROSOFT_DOMAIN, TENANT_ID, (DEFAULT_DOMAIN, ONMICROSOFT_DOMAIN))
+FABRIKAM = TenantProfile(
+    "fabrikam",
+    FABRIKAM_ONMICROSOFT_DOMAIN,
+    FABRIKAM_TENANT_ID,
+    (FABRIKAM_DOMAIN, FABRIKAM_ONMICROSOFT_DOMAIN),
+    object_base=500_000,
+)
+#: The tenants each seed has, in order: the first is the default tenant (``UnblockRunner``, the
+#: control API without ``?tenant=``).
+SEED_TENANTS: dict[str, tuple[TenantProfile, ...]] = {"demo": (CONTOSO, FABRIKAM), "empty": (CONTOSO,)}
 
 
 def now_utc() -> datetime:
@@ -29,13 +91,72 @@ def sha256(text: str) -> str:
 
 @dataclass
 class InboxRule:
+    """A server-side inbox rule. Recipients are SMTP addresses here; Get-InboxRule prints them as
+    ``"Name" [SMTP:address]`` (or ``[EX:...]`` for a recipient of the directory)."""
+
     rule_id: str
     name: str
     enabled: bool = True
     forward_to: list[str] = field(default_factory=list)
+    forward_as_attachment_to: list[str] = field(default_factory=list)
     redirect_to: list[str] = field(default_factory=list)
     delete_message: bool = False
+    soft_delete_message: bool = False
     move_to_folder: str | None = None
+    mark_as_read: bool = False
+    subject_contains_words: list[str] = field(default_factory=list)
+    subject_or_body_contains_words: list[str] = field(default_factory=list)
+    body_contains_words: list[str] = field(default_factory=list)
+    hidden: bool = False  # listed only by Get-InboxRule -IncludeHidden
+
+
+#: What Add-MailboxPermission / a new mailbox leaves in Get-MailboxPermission for the owner itself.
+SELF = "NT AUTHORITY\\SELF"
+
+
+@dataclass
+class MailboxPermission:
+    user: str
+    access_rights: list[str]
+    inherited: bool = False
+    deny: bool = False
+
+
+@dataclass
+class SendAs:
+    trustee: str
+    inherited: bool = False
+
+
+@dataclass
+class AuthMethod:
+    """One sign-in method: its Graph type and the properties Graph gives that type (``fields``)."""
+
+    method_id: str
+    odata_type: str  # "#microsoft.graph.<kind>AuthenticationMethod"
+    created: datetime | None = None  # createdDateTime, for the kinds that have one
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ServicePrincipal:
+    object_id: str
+    display_name: str
+    app_id: str
+    owner_tenant_id: str | None = None
+    verified_publisher: str | None = None  # the verified publisher's display name, if verified
+
+
+@dataclass
+class OAuthGrant:
+    """A delegated permission grant; ``scope`` is Graph's one space-separated string."""
+
+    grant_id: str
+    client_id: str  # the client service principal's object id
+    principal_id: str | None  # the user's object id (None for AllPrincipals)
+    resource_id: str
+    scope: str
+    consent_type: str = "Principal"
 
 
 @dataclass
@@ -53,6 +174,13 @@ class User:
     forwarding_smtp_address: str | None = None
     deliver_to_mailbox_and_forward: bool = False
     object_id: str = ""
+    client_side_rules: bool = False  # rules created in Outlook that a server-side change removes
+    forwarding_address: str | None = None  # ForwardingAddress: a recipient of the directory
+    mailbox_permissions: list[MailboxPermission] = field(
+        default_factory=lambda: [MailboxPermission(SELF, ["FullAccess", "ReadPermission"])]
+    )
+    send_as: list[SendAs] = field(default_factory=lambda: [SendAs(SELF)])
+    auth_methods: list[AuthMethod] = field(default_factory=list)
 
     @property
     def sam_account_name(self) -> str:
@@ -74,7 +202,15 @@ class User:
             "sessions_revoked_at": _iso(self.sessions_revoked_at),
             "inbox_rules": [asdict(rule) for rule in self.inbox_rules],
             "forwarding_smtp_address": self.forwarding_smtp_address,
+            "forwarding_address": self.forwarding_address,
             "deliver_to_mailbox_and_forward": self.deliver_to_mailbox_and_forward,
+            "client_side_rules": self.client_side_rules,
+            "mailbox_permissions": [asdict(p) for p in self.mailbox_permissions],
+            "send_as": [asdict(p) for p in self.send_as],
+            "auth_methods": [
+                {"id": m.method_id, "type": m.odata_type, "created": _iso(m.created), **m.fields}
+                for m in self.auth_methods
+            ],
         }
 
 
@@ -113,10 +249,28 @@ class SandboxConfig:
     send_restore_delay_s: float = 0.0
     reblock_on_unblock: list[str] = field(default_factory=list)
     throttle_retry_after_s: int = 2
+    #: Absent from the endpoint, as from a JEA role capability without them (CommandNotFoundException,
+    #: missing from Get-Command and from GetCommandMetadata).
     denied_cmdlets: list[str] = field(default_factory=list)
+    #: Present but refused when run, as for a sign-in that lacks the RBAC role or Graph permission.
+    forbidden_cmdlets: list[str] = field(default_factory=list)
+    #: The application permissions Get-MgContext reports as granted (Scopes), as `unblock doctor` reads them.
+    graph_permissions: list[str] = field(
+        default_factory=lambda: [
+            "User.Read.All",
+            "User-PasswordProfile.ReadWrite.All",
+            "User.RevokeSessions.All",
+            "UserAuthenticationMethod.Read.All",
+            "Directory.Read.All",
+            "Application.Read.All",
+        ]
+    )
 
-    def denies(self, cmdlet: str) -> bool:
+    def hides(self, cmdlet: str) -> bool:
         return cmdlet.lower() in {d.lower() for d in self.denied_cmdlets}
+
+    def forbids(self, cmdlet: str) -> bool:
+        return cmdlet.lower() in {d.lower() for d in self.forbidden_cmdlets}
 
     def latency_for(self, cmdlet: str) -> float:
         for key, value in self.latency_ms.items():
@@ -133,20 +287,40 @@ class SandboxConfig:
 class Call:
     seq: int
     at: datetime
-    runspace: str
+    runspace: str  # "<shell id>/<runspace index>"
     cmdlet: str
     parameters: dict[str, Any]
     outcome: str
+    tenant: str = CONTOSO.name  # the short name of the tenant the command ran against
 
     def public(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
             "at": _iso(self.at),
+            "tenant": self.tenant,
             "runspace": self.runspace,
             "cmdlet": self.cmdlet,
             "parameters": self.parameters,
             "outcome": self.outcome,
         }
+
+
+class CallLog:
+    """Every command the sandbox received, in one sequence across tenants (guarded by its owner's lock)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.seq = 0
+
+    def record(self, *, tenant: str, runspace: str, cmdlet: str, parameters: dict[str, Any], outcome: str) -> Call:
+        self.seq += 1
+        call = Call(self.seq, now_utc(), runspace, cmdlet, parameters, outcome, tenant)
+        self.calls.append(call)
+        return call
+
+    def clear(self, tenant: str | None = None) -> None:
+        """Forget every call, or only ``tenant``'s; the sequence goes on (``?since=`` stays valid)."""
+        self.calls = [c for c in self.calls if tenant is not None and c.tenant != tenant]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -161,32 +335,73 @@ def demo_reason(internal: int, external: int, limit: str = "External") -> str:
 
 
 class Tenant:
-    """Tenant state; every public method takes the lock."""
+    """One tenant's state; every public method takes the lock (the sandbox's, shared by its tenants).
 
-    def __init__(self, seed: str = "demo") -> None:
-        self.lock = threading.RLock()
-        self.reset(seed)
+    ``Tenant(seed)`` alone is contoso by itself, with a lock and a call log of its own; the tenants
+    of a running sandbox are made by :class:`Tenants` and share its lock and call log.
+    """
+
+    def __init__(self, seed: str = "demo", *, profile: TenantProfile = CONTOSO, sandbox: Tenants | None = None) -> None:
+        self.profile = profile
+        self.sandbox = sandbox
+        self.lock: threading.RLock = sandbox.lock if sandbox is not None else threading.RLock()
+        self.log: CallLog = sandbox.log if sandbox is not None else CallLog()
+        self.reseed(seed)
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    def describe(self) -> dict[str, Any]:
+        """Who this tenant is, as ``GET /_sandbox/state`` lists it."""
+        return {
+            "name": self.name,
+            "initial_domain": self.initial_domain,
+            "tenant_id": self.tenant_id,
+            "accepted_domains": list(self.accepted_domains),
+        }
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def reset(self, seed: str = "demo") -> None:
-        if seed not in ("demo", "empty"):
+        """A fresh sandbox: for a tenant of one, every tenant, the call log, faults and config
+        (``Tenants.reset``), which is what resetting the sandbox's tenant has always meant. Use
+        :meth:`reseed` to reset this tenant alone."""
+        if self.sandbox is not None:
+            self.sandbox.reset(seed)
+            return
+        if seed not in SEED_TENANTS:
+            raise ValueError("seed must be demo or empty")
+        with self.lock:
+            self.log.calls.clear()
+            self.log.seq = 0
+            self.reseed(seed)
+
+    def reseed(self, seed: str = "demo") -> None:
+        """This tenant alone back to ``seed``: directory, restricted list, history, faults and config.
+        The call log (the sandbox's) is kept."""
+        if seed not in SEED_TENANTS:
             raise ValueError("seed must be demo or empty")
         with self.lock:
             self.seed = seed
             self.users: dict[str, User] = {}
             self.senders: dict[str, BlockedSender] = {}
-            self.accepted_domains: list[str] = [DEFAULT_DOMAIN, ONMICROSOFT_DOMAIN]
+            self.accepted_domains: list[str] = list(self.profile.accepted_domains)
+            self.initial_domain = self.profile.initial_domain
+            self.tenant_id = self.profile.tenant_id
             self.unblocks: dict[str, list[datetime]] = {}
             self.removed_at: dict[str, datetime] = {}
             self.pending_reblocks: dict[str, datetime] = {}
             self.config = SandboxConfig()
+            self.service_principals: dict[str, ServicePrincipal] = {}
+            self.oauth_grants: list[OAuthGrant] = []
             self.faults: list[Fault] = []
-            self.calls: list[Call] = []
-            self._seq = 0
-            self._object_seq = 0
+            self._object_seq = self.profile.object_base
             if seed == "demo":
-                self._seed_demo()
+                if self.profile.name == FABRIKAM.name:
+                    self._seed_fabrikam()
+                elif self.profile.name == CONTOSO.name:
+                    self._seed_demo()
 
     def _seed_demo(self) -> None:
         at = now_utc() - timedelta(hours=2)
@@ -205,12 +420,32 @@ class Tenant:
             InboxRule("1003", "invoice", forward_to=["payments@fabrikam.example"], delete_message=True),
         ]
         rob.forwarding_smtp_address = "smtp:collector@fabrikam.example"
-        for name, internal, external, limit in (
-            ("rob", 12, 480, "External"),
-            ("laura", 1020, 3, "Internal"),
-            ("julia", 40, 10400, "Total"),
-        ):
-            self.restrict(f"{name}@{DEFAULT_DOMAIN}", demo_reason(internal, external, limit), at=at)
+        rob.client_side_rules = True  # changing his rules asks first, unless -Force
+        # victor: a second factor registered yesterday on a phone nobody recognises, and a consent that
+        # lets an unverified app read and change his mail. Neither is the service's to remove alone.
+        victor = self.add_user(f"victor@{DEFAULT_DOMAIN}", display_name="Victor Hale")
+        self.add_auth_method(
+            victor.upn,
+            "microsoftAuthenticator",
+            created=now_utc() - timedelta(days=1),
+            fields={
+                "displayName": "Galaxy A15",
+                "deviceTag": "SoftwareTokenActivated",
+                "phoneAppVersion": "6.2401.0119",
+            },
+        )
+        app = self.add_service_principal("Mail Sync Pro", owner_tenant_id="5f2c7a9e-3b1d-4e8f-9a6c-2d4b8e1f0c37")
+        self.add_oauth_grant(victor.upn, app, "Mail.ReadWrite offline_access User.Read")
+        for address, (internal, external, limit) in DEMO_RESTRICTED.items():
+            self.restrict(address, demo_reason(internal, external, limit), at=at)
+
+    def _seed_fabrikam(self) -> None:
+        """Two clean users (no rules, forwarding, recent sign-in methods or consents); mia is restricted."""
+        at = now_utc() - timedelta(hours=1)
+        self.add_user(f"mia@{FABRIKAM_DOMAIN}", display_name="Mia Hoffmann")
+        self.add_user(f"noah@{FABRIKAM_DOMAIN}", display_name="Noah Lindqvist")
+        for address, (internal, external, limit) in FABRIKAM_RESTRICTED.items():
+            self.restrict(address, demo_reason(internal, external, limit), at=at)
 
     # --- users -----------------------------------------------------------------------------
 
@@ -230,6 +465,109 @@ class Tenant:
             )
             self.users[key] = user
             return user
+
+    def _user(self, upn: str) -> User:
+        user = self.find_user(upn)
+        if user is None:
+            raise ValueError(f"no user {upn}")
+        return user
+
+    def _next_id(self) -> int:
+        self._object_seq += 1
+        return self._object_seq
+
+    # --- what an attacker leaves (tests and the demo seed set these) -------------------------------
+
+    def add_inbox_rule(self, upn: str, name: str, *, hidden: bool = False, **actions: Any) -> InboxRule:
+        """A rule with the next id; ``actions`` are :class:`InboxRule` fields (forward_to=[...], ...)."""
+        with self.lock:
+            user = self._user(upn)
+            rule = InboxRule(str(1000 + self._next_id()), name, hidden=hidden, **actions)
+            user.inbox_rules.append(rule)
+            return rule
+
+    def set_forwarding(
+        self,
+        upn: str,
+        *,
+        smtp_address: str | None = None,
+        address: str | None = None,
+        deliver_and_forward: bool = False,
+    ) -> None:
+        """Mailbox forwarding as Set-Mailbox leaves it (ForwardingSmtpAddress carries "smtp:")."""
+        with self.lock:
+            user = self._user(upn)
+            user.forwarding_smtp_address = f"smtp:{smtp_address}" if smtp_address else None
+            user.forwarding_address = address
+            user.deliver_to_mailbox_and_forward = deliver_and_forward
+
+    def add_mailbox_permission(self, upn: str, user: str, rights: tuple[str, ...] = ("FullAccess",)) -> None:
+        with self.lock:
+            self._user(upn).mailbox_permissions.append(MailboxPermission(user, list(rights)))
+
+    def add_send_as(self, upn: str, trustee: str) -> None:
+        with self.lock:
+            self._user(upn).send_as.append(SendAs(trustee))
+
+    def add_auth_method(
+        self,
+        upn: str,
+        kind: str,
+        *,
+        created: datetime | None = None,
+        fields: dict[str, Any] | None = None,
+        method_id: str | None = None,
+    ) -> AuthMethod:
+        """``kind`` as Graph names the type, short (``phone``) or long (``phoneAuthenticationMethod``)."""
+        with self.lock:
+            user = self._user(upn)
+            name = kind if kind.endswith("AuthenticationMethod") else f"{kind}AuthenticationMethod"
+            method = AuthMethod(
+                method_id=method_id or f"{self._next_id():08d}-0000-4000-a000-{len(user.auth_methods):012d}",
+                odata_type=f"#microsoft.graph.{name}",
+                created=created,
+                fields=dict(fields or {}),
+            )
+            user.auth_methods.append(method)
+            return method
+
+    def add_service_principal(
+        self,
+        display_name: str,
+        *,
+        app_id: str | None = None,
+        owner_tenant_id: str | None = None,
+        verified_publisher: str | None = None,
+    ) -> ServicePrincipal:
+        with self.lock:
+            seq = self._next_id()
+            app = ServicePrincipal(
+                object_id=f"{seq:08d}-5e5e-4000-8000-000000000000",
+                display_name=display_name,
+                app_id=app_id or f"{seq:08d}-a9b0-4000-8000-000000000000",
+                owner_tenant_id=owner_tenant_id,
+                verified_publisher=verified_publisher,
+            )
+            self.service_principals[app.object_id] = app
+            return app
+
+    def add_oauth_grant(
+        self, upn: str, client: ServicePrincipal | str, scope: str, *, consent_type: str = "Principal"
+    ) -> OAuthGrant:
+        """A delegated consent of ``upn`` (Principal) or of the whole tenant (AllPrincipals) to an app."""
+        with self.lock:
+            user = self._user(upn)
+            client_id = client.object_id if isinstance(client, ServicePrincipal) else client
+            grant = OAuthGrant(
+                grant_id=f"grant-{self._next_id():06d}-{client_id[:8]}",
+                client_id=client_id,
+                principal_id=user.object_id if consent_type == "Principal" else None,
+                resource_id=GRAPH_RESOURCE_ID,
+                scope=f" {scope.strip()}",  # Graph's own examples start the string with a space
+                consent_type=consent_type,
+            )
+            self.oauth_grants.append(grant)
+            return grant
 
     def find_user(self, identity: str) -> User | None:
         """By UPN, object id, sAMAccountName or distinguished name, as the cmdlets accept."""
@@ -325,22 +663,29 @@ class Tenant:
             self.faults.append(fault)
             return fault
 
-    def take_fault(self, cmdlet: str) -> FaultKind | None:
+    def take_fault(self, cmdlet: str, kinds: tuple[FaultKind, ...] | None = None) -> FaultKind | None:
+        """The first armed fault for ``cmdlet`` (of ``kinds``, if given), used up by one."""
         with self.lock:
             for fault in self.faults:
-                if fault.matches(cmdlet):
+                if fault.matches(cmdlet) and (kinds is None or fault.kind in kinds):
                     fault.times -= 1
                     kind = fault.kind
                     self.faults = [f for f in self.faults if f.times > 0]
                     return kind
             return None
 
-    def record_call(self, *, runspace: str, cmdlet: str, parameters: dict[str, Any], outcome: str) -> Call:
+    @property
+    def calls(self) -> list[Call]:
+        """The calls that ran against this tenant, in order (the sandbox's whole log: ``Tenants.calls``)."""
         with self.lock:
-            self._seq += 1
-            call = Call(self._seq, now_utc(), runspace, cmdlet, parameters, outcome)
-            self.calls.append(call)
-            return call
+            return [c for c in self.log.calls if c.tenant == self.name]
+
+    def record_call(self, *, runspace: str, cmdlet: str, parameters: dict[str, Any], outcome: str) -> Call:
+        """Log a call against this tenant, next in the sandbox's one sequence."""
+        with self.lock:
+            return self.log.record(
+                tenant=self.name, runspace=runspace, cmdlet=cmdlet, parameters=parameters, outcome=outcome
+            )
 
     def configure(self, values: dict[str, Any]) -> SandboxConfig:
         with self.lock:
@@ -366,11 +711,12 @@ class Tenant:
                 if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
                     raise ValueError("reblock_on_unblock must be a list of addresses")
                 self.config.reblock_on_unblock = [a.lower() for a in addresses]
-            if "denied_cmdlets" in values:
-                denied = values["denied_cmdlets"]
-                if not isinstance(denied, list) or not all(isinstance(d, str) for d in denied):
-                    raise ValueError("denied_cmdlets must be a list of command names")
-                self.config.denied_cmdlets = list(denied)
+            for key in ("denied_cmdlets", "forbidden_cmdlets", "graph_permissions"):
+                if key in values:
+                    names = values[key]
+                    if not isinstance(names, list) or not all(isinstance(d, str) for d in names):
+                        raise ValueError(f"{key} must be a list of names")
+                    setattr(self.config, key, list(names))
             if "throttle_retry_after_s" in values:
                 self.config.throttle_retry_after_s = int(values["throttle_retry_after_s"])
             return self.config
@@ -378,6 +724,9 @@ class Tenant:
     def snapshot(self, shells: int) -> dict[str, Any]:
         with self.lock:
             return {
+                "tenant": self.name,
+                "initial_domain": self.initial_domain,
+                "tenant_id": self.tenant_id,
                 "users": [u.public() for u in self.users.values()],
                 "senders": [s.public() for s in self.listed()],
                 "shells": shells,
@@ -385,3 +734,115 @@ class Tenant:
                 "config": asdict(self.config),
                 "faults": [asdict(f) for f in self.faults],
             }
+
+
+class Tenants(Mapping[str, Tenant]):
+    """Every tenant the sandbox hosts, by short name, in order: the first is the default tenant.
+
+    It owns what the tenants share: the lock and the call log. Which tenants exist is the seed's
+    (:data:`SEED_TENANTS`): ``demo`` has contoso and fabrikam, ``empty`` contoso alone. A reset
+    keeps the tenant objects that stay (the first always does), so ``sandbox.tenant`` stays valid.
+    """
+
+    def __init__(self, seed: str = "demo") -> None:
+        self.lock = threading.RLock()
+        self.log = CallLog()
+        self._tenants: dict[str, Tenant] = {}
+        self.reset(seed)
+
+    @classmethod
+    def around(cls, tenant: Tenant) -> Tenants:
+        """The sandbox of a tenant made alone (``Tenant(seed)``), with that tenant first and its state kept."""
+        if tenant.sandbox is not None:
+            return tenant.sandbox
+        tenants = cls.__new__(cls)
+        tenants.lock, tenants.log = tenant.lock, tenant.log
+        tenants._tenants = {tenant.name: tenant}
+        tenant.sandbox = tenants
+        return tenants
+
+    # --- the mapping ---------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Tenant:
+        return self._tenants[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        with self.lock:
+            return iter(list(self._tenants))
+
+    def __len__(self) -> int:
+        return len(self._tenants)
+
+    @property
+    def first(self) -> Tenant:
+        with self.lock:
+            return next(iter(self._tenants.values()))
+
+    def named(self, name: str) -> Tenant:
+        """The tenant with this short name; ValueError names the ones there are."""
+        with self.lock:
+            tenant = self._tenants.get(name.lower())
+            if tenant is None:
+                raise ValueError(f"no tenant {name!r}; the sandbox has {', '.join(self._tenants)}")
+            return tenant
+
+    def by_organization(self, organization: str) -> Tenant | None:
+        """Connect-ExchangeOnline -Organization: app-only sign-in names the initial domain, nothing else."""
+        key = organization.strip().lower()
+        with self.lock:
+            return next((t for t in self._tenants.values() if t.initial_domain == key), None)
+
+    def by_graph_tenant(self, tenant_id: str) -> Tenant | None:
+        """Connect-MgGraph -TenantId: the tenant id, or any of the tenant's domains."""
+        key = tenant_id.strip().lower()
+        with self.lock:
+            for tenant in self._tenants.values():
+                if key in (tenant.tenant_id, tenant.initial_domain, *tenant.accepted_domains):
+                    return tenant
+            return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [t.describe() for t in self._tenants.values()]
+
+    def add(self, profile: TenantProfile) -> Tenant:
+        """Another tenant, empty (tests arrange its users and restricted list); kept until a reset."""
+        with self.lock:
+            if profile.name in self._tenants:
+                raise ValueError(f"tenant {profile.name} exists")
+            tenant = Tenant("empty", profile=profile, sandbox=self)
+            self._tenants[profile.name] = tenant
+            return tenant
+
+    # --- lifecycle and the call log ----------------------------------------------------------------
+
+    def reset(self, seed: str = "demo") -> None:
+        """Every tenant back to ``seed`` (and only the seed's tenants), the call log emptied."""
+        if seed not in SEED_TENANTS:
+            raise ValueError("seed must be demo or empty")
+        with self.lock:
+            self.log.calls.clear()
+            self.log.seq = 0
+            profiles = list(SEED_TENANTS[seed])
+            first = next(iter(self._tenants.values()), None)
+            if first is not None:  # the first tenant stays first (and the same object)
+                profiles = [first.profile, *(p for p in profiles if p.name != first.name)]
+            kept: dict[str, Tenant] = {}
+            for profile in profiles:
+                tenant = self._tenants.get(profile.name)
+                if tenant is None:
+                    tenant = Tenant(seed, profile=profile, sandbox=self)
+                else:
+                    tenant.reseed(seed)
+                kept[profile.name] = tenant
+            self._tenants = kept
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every call, of every tenant, in order."""
+        with self.lock:
+            return list(self.log.calls)
+
+
+def as_tenants(value: Tenants | Tenant) -> Tenants:
+    return value if isinstance(value, Tenants) else Tenants.around(value)

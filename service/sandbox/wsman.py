@@ -91,7 +91,6 @@ ERROR_ACTION_NOT_SUPPORTED = 2150858771  # 0x80338013
 ERROR_SCHEMA_VALIDATION = 2150858817  # 0x80338041
 ERROR_INVALID_RESOURCE_URI = 2150858770  # 0x80338012
 ERROR_QUOTA_SHELLS = 2150859173  # 0x803381A5 too many shells for this user
-ERROR_COMMAND_NOT_FOUND = 2150858843
 
 
 def operation_timeout_fault() -> WSManFault:
@@ -130,6 +129,9 @@ class Request:
     operation_timeout: float = 60.0
     max_envelope_size: int = 153600
     body: ET.Element = field(default_factory=lambda: ET.Element(q("s", "Body")))
+    #: MS-WSMV's wsmv:OperationID: a client that may resend a request after losing its answer names
+    #: the operation, and a resend carrying the same id gets the same answer again.
+    operation_id: str | None = None
 
     @property
     def shell_id(self) -> str | None:
@@ -181,6 +183,7 @@ def parse_request(data: bytes) -> Request:
         operation_timeout=parse_duration(text("wsman:OperationTimeout"), 60.0),
         max_envelope_size=int(max_size_text) if max_size_text and max_size_text.isdigit() else 153600,
         body=body,
+        operation_id=text("wsmv:OperationID"),
     )
 
 

@@ -21,14 +21,19 @@ class RateLimiter:
         self.item: RateLimitItem = parse(spec)
         self._strategy = strategies.SlidingWindowCounterRateLimiter(storage.storage_from_string(storage_uri))
 
+    def exceeded(self, key: str) -> float | None:
+        """Without counting: None while ``key`` is under the limit, else the seconds until it is again."""
+        if self._strategy.test(self.item, key):
+            return None
+        reset = self._strategy.get_window_stats(self.item, key).reset_time
+        return float(max(1, math.ceil(reset - time.time())))
+
+    def record(self, key: str) -> None:
+        self._strategy.hit(self.item, key)
+
     def hit(self, key: str) -> float | None:
         """None when allowed; otherwise the seconds until the next request would be."""
         if self._strategy.hit(self.item, key):
             return None
         reset = self._strategy.get_window_stats(self.item, key).reset_time
         return float(max(1, math.ceil(reset - time.time())))
-
-
-def valid_spec(spec: str) -> str:
-    parse(spec)
-    return spec

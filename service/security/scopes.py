@@ -11,6 +11,8 @@ class Scope(StrEnum):
     cases_approve = "cases:approve"
     credentials_reveal = "credentials:reveal"
     senders_read = "senders:read"
+    # Webhook subscriptions within the key's tenants (admin may manage every subscription too).
+    webhooks_manage = "webhooks:manage"
     admin = "admin"
 
 

@@ -12,23 +12,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from service import metrics
 from service.domain import decide as rules
+from service.domain import timeline
 from service.domain.password import generate_password
 from service.domain.retry import RetryPolicy
-from service.domain.states import StepName, StepStatus
+from service.domain.states import CaseState, StepName, StepStatus
+from service.domain.tenancy import DEFAULT_TENANT, TenantDomains, route
+from service.domain.timeline import CaseChange, CredentialChange, CredentialMove
+from service.domain.transitions import apply
+from service.errors import BridgeError, ForeignMailbox, InvalidInput, TenantNotFound, Unavailable
 from service.logging import bound, get_logger, secret_in_flight
-from service.persistence import cases
+from service.persistence import cases, tenant_facts, tenants, writer
 from service.persistence.records import CaseSnapshot, Claim
+from service.persistence.writer import SealedSecret, Written, change_case
+from service.powershell.port import GatewayDirectory, TenantGateway
 from service.runtime import Runtime
 from service.security.sealing import Sealed, Sealer
-from service.worker.steps import Outcome, perform
+from service.worker.steps import StepContext, StepOutcome, failed, perform
 
 log = get_logger(__name__)
+
+#: How long a worker trusts the accepted domains it read from the database (workers refresh them there).
+DOMAIN_CACHE_SECONDS = 60.0
+#: The longest pause between two tries of a database write during an outage (how soon recovery is seen).
+DB_RETRY_MAX = 2.0
+
+T = TypeVar("T")
+
+
+def _tenant_failure(message: str, code: str = "tenant_unavailable") -> rules.Failed:
+    """A case whose tenant cannot be used (disabled, unknown, or no tenant takes its mailbox)."""
+    return rules.Failed(code=code, message=message, retryable=False)
 
 
 class Engine:
@@ -48,113 +68,297 @@ class Engine:
         )
         self.sealer = Sealer(settings.secret_keys)
         self.random = random.Random()
+        self._domain_cache: dict[str, tuple[float, list[str]]] = {}
 
     def now(self) -> datetime:
         return self.runtime.clock()
 
     async def process(self, claim: Claim) -> None:
+        db = self.runtime.db
         with bound(case_id=claim.case_id, worker_id=self.worker_id):
-            case = await cases.load_claimed(self.runtime.db, case_id=claim.case_id)
+            case = await self._durably(lambda: cases.load_claimed(db, case_id=claim.case_id))
             if case.lease_owner != self.worker_id:
                 return
             while True:
                 step = rules.next_step(case.view())
                 now = self.now()
                 if step is None or case.next_action_at is None or case.next_action_at > now:
-                    await cases.release_lease(self.runtime.db, case_id=case.id, worker_id=self.worker_id)
+                    await self._durably(
+                        lambda: cases.release_lease(db, case_id=claim.case_id, worker_id=self.worker_id)
+                    )
                     return
                 after = await self._run_step(case, step)
                 if after is None:
-                    return
+                    # The write was refused: someone else changed the case, or a write whose answer an
+                    # outage swallowed did land. Carry on only if the case is still ours.
+                    current = await self._durably(lambda: cases.load_claimed(db, case_id=claim.case_id))
+                    if current.lease_owner != self.worker_id or current.version == case.version:
+                        return
+                    after = current
                 case = after
                 if case.lease_owner != self.worker_id:
                     return
 
+    async def _durably(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """A database operation the worker waits out an outage for instead of giving up on.
+
+        A case in flight stays this worker's: its step's result waits in memory while the
+        database is away (probed every DB_RETRY_MAX seconds at most), and is written the moment it
+        is back. If the lease ran out meanwhile and another worker took the case, the
+        compare-and-set refuses the write and the step's idempotency makes the other's redo safe.
+        """
+        delay = 0.1
+        while True:
+            try:
+                return await operation()
+            except Unavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DB_RETRY_MAX)
+
     async def _run_step(self, case: CaseSnapshot, step: StepName) -> CaseSnapshot | None:
-        db = self.runtime.db
+        tenant, gateway, refused = await self._durably(lambda: self._tenant_of(case))
+        domains: list[str] = []
+        if refused is None and gateway is not None:
+            refused, domains = await self._durably(lambda: self._domain_refusal(case, tenant, gateway))
+        # A mailbox outside the tenant's domains gets no password sealed and no command sent.
+        password, new_secret = (None, None) if refused else await self._durably(lambda: self._password_for(case, step))
         now = self.now()
-        password, new_secret = await self._password_for(case, step)
-        started = await cases.start_step(
-            db,
-            case=case,
-            worker_id=self.worker_id,
-            step=step,
-            action=rules.begin(case.view(), step),
-            now=now,
-            lease_until=now + timedelta(seconds=self.lease),
-            new_secret=new_secret,
-        )
+        written = await self._durably(lambda: self._start(case, step, new_secret, now))
+        started = written.case if written is not None else None
         if started is None:
             log.info("case_lost", step=step.value, reason="changed before the step started")
             return None
-        gateway = self.runtime.gateway
-        if gateway is None:
-            raise RuntimeError("the worker needs a PowerShell endpoint (UNBLOCK_PS_SERVER or --sandbox)")
         view_step = started.view().step(step)
         with bound(step=step.value, attempt=view_step.attempts):
             log.info("step_started", from_state=case.state, to_state=started.state)
             loop = asyncio.get_running_loop()
             began = loop.time()
-            with password_guard(password):
-                outcome = await self._with_heartbeat(
-                    started.id,
-                    perform(step, started, gateway, password=password, precheck=rules.needs_precheck(view_step)),
+            if refused is not None or gateway is None:
+                outcome = refused or StepOutcome(_tenant_failure(f"no gateway for tenant {tenant}"), {})
+            else:
+                context = StepContext(
+                    password=password,
+                    precheck=rules.needs_precheck(view_step),
+                    domains=tuple(domains),
+                    now=self.now(),
                 )
+                with password_guard(password):
+                    outcome = await self._with_heartbeat(started.id, perform(step, started, gateway, context))
             duration_ms = round((loop.time() - began) * 1000, 1)
-            return await self._record(started, step, outcome, duration_ms)
+            recorded = await self._record(started, step, outcome, duration_ms)
+            await self._note_sender(started, step, outcome)
+            return recorded
+
+    async def _tenant_of(self, case: CaseSnapshot) -> tuple[str, TenantGateway | None, StepOutcome | None]:
+        """The case's tenant and its gateway; a case intake could not place is placed now.
+
+        Intake leaves the tenant open only while some tenant's accepted domains are unknown; here
+        every tenant's are read (stored, or Get-AcceptedDomain through its own gateway), and the
+        mailbox's domain decides: one tenant takes it, none is foreign_mailbox, two are ambiguous.
+        """
+        tenant = case.tenant
+        if tenant is None:
+            try:
+                views = [
+                    TenantDomains(t.name, True, tuple(await self._domains(t.name)))
+                    for t in await tenants.every(self.runtime.db, self.runtime.settings)
+                    if t.enabled
+                ]
+                tenant = route(case.mailbox, views)
+            except BridgeError as error:
+                return (
+                    DEFAULT_TENANT,
+                    None,
+                    StepOutcome(failed(error), {"cmdlet": error.cmdlet} if error.cmdlet else {}),
+                )
+            except InvalidInput as error:  # foreign_mailbox, ambiguous_tenant
+                return DEFAULT_TENANT, None, StepOutcome(_tenant_failure(error.message, error.code), {})
+            if tenant is None:
+                return DEFAULT_TENANT, None, StepOutcome(_tenant_failure(f"no tenant accepts {case.mailbox}"), {})
+            await writer.assign_tenant(self.runtime.db, case_id=case.id, tenant=tenant, now=self.now())
+            log.info("tenant_assigned", tenant=tenant)
+        try:
+            gateway = await self._gateways().for_tenant(tenant)
+        except TenantNotFound as error:
+            return tenant, None, StepOutcome(_tenant_failure(error.message), {})
+        return tenant, gateway, None
+
+    def _gateways(self) -> GatewayDirectory:
+        directory = self.runtime.gateways
+        if directory is None:
+            raise RuntimeError("the worker needs a PowerShell endpoint (UNBLOCK_PS_SERVER or --sandbox)")
+        return directory
+
+    async def _domain_refusal(
+        self, case: CaseSnapshot, tenant: str, gateway: TenantGateway
+    ) -> tuple[StepOutcome | None, list[str]]:
+        """A case accepted before any domain list was known is checked here, before anything is sent.
+
+        The domains are UNBLOCK_ALLOWED_DOMAINS, else the accepted domains workers stored, else
+        read now (Get-AcceptedDomain, which names no mailbox) and stored. A mailbox outside them
+        fails the case (foreign_mailbox); a tenant that cannot be read is an ordinary retry. The
+        domains also tell the investigation which addresses are outside the tenant.
+        """
+        try:
+            domains = await self._domains(tenant, gateway)
+        except BridgeError as error:
+            return StepOutcome(failed(error), {"cmdlet": error.cmdlet} if error.cmdlet else {}), []
+        domain = case.mailbox.rsplit("@", 1)[-1].lower()
+        if domain in domains:
+            return None, domains
+        return StepOutcome(
+            rules.Failed(
+                code=ForeignMailbox.code,
+                message=f"{domain} is not one of the tenant's accepted domains ({', '.join(domains) or 'none'})",
+                retryable=False,
+            ),
+            {"domain": domain},
+        ), domains
+
+    async def _domains(self, tenant: str, gateway: TenantGateway | None = None) -> list[str]:
+        """A tenant's accepted domains: UNBLOCK_ALLOWED_DOMAINS for ``default``, else as stored, else read."""
+        settings = self.runtime.settings
+        if tenant == DEFAULT_TENANT and settings.allowed_domains:
+            return settings.allowed_domains
+        cached = self._domain_cache.get(tenant)
+        if cached is not None and time.monotonic() - cached[0] < DOMAIN_CACHE_SECONDS:
+            return cached[1]
+        stored = (await tenant_facts.load(self.runtime.db, tenant=tenant)).accepted_domains
+        if stored is not None:
+            self._domain_cache[tenant] = (time.monotonic(), stored)
+            return stored
+        if gateway is None:
+            gateway = await self._gateways().for_tenant(tenant)
+        domains = await gateway.accepted_domains()
+        await tenant_facts.store_domains(self.runtime.db, domains=domains, now=self.now(), tenant=tenant)
+        return [d.lower() for d in domains]
+
+    async def _note_sender(self, case: CaseSnapshot, step: StepName, outcome: StepOutcome) -> None:
+        """Keep the stored restricted list in step with what this step just saw of the address."""
+        result = outcome.result
+        if not isinstance(result, rules.Succeeded):
+            return
+        if step in (StepName.check_restriction, StepName.verify, StepName.propagation):
+            restriction = result.restriction
+        elif step is StepName.unblock:
+            restriction = None
+        else:
+            return
+        try:
+            await tenant_facts.note_sender(
+                self.runtime.db,
+                address=case.mailbox,
+                restriction=restriction,
+                now=self.now(),
+                case_id=case.id,
+                tenant=case.tenant or DEFAULT_TENANT,
+            )
+        except Unavailable as error:  # the snapshot catches up at the next full read
+            log.warning("sender_note_failed", detail=error.message)
+
+    async def _start(
+        self, known: CaseSnapshot, step: StepName, secret: SealedSecret | None, now: datetime
+    ) -> Written | None:
+        """Mark ``step`` running (one more attempt), moving the case on if starting it says so."""
+
+        def build(case: CaseSnapshot) -> CaseChange | None:
+            view = case.view()
+            if case.lease_owner != self.worker_id or rules.next_step(view) is not step:
+                return None  # someone else moved the case since we read it
+            record = case.step(step)
+            action = rules.begin(view, step)
+            return timeline.step_started(
+                before=case.state,
+                after=apply(action, case.state) if action is not None else case.state,
+                step=step,
+                attempt=record.attempts + 1,
+                first_start=record.started_at is None or record.status is not StepStatus.running,
+                reason=f"starting {step.value}",
+                lease_until=now + timedelta(seconds=self.lease),
+                secret=CredentialChange(CredentialMove.store, secret.key_id, secret.blob) if secret else None,
+            )
+
+        return await change_case(
+            self.runtime.db, case_id=known.id, build=build, now=now, lease_owner=self.worker_id, known=known
+        )
 
     async def _record(
-        self, case: CaseSnapshot, step: StepName, outcome: Outcome, duration_ms: float
+        self, started: CaseSnapshot, step: StepName, outcome: StepOutcome, duration_ms: float
     ) -> CaseSnapshot | None:
+        """Write the step's result, decided on the case as it is when written.
+
+        Usually that is the case as the step started. If it changed meanwhile (a password
+        revealed, a person cancelling) the result is decided again on the current case: a
+        cancelled case keeps the result as a late one; a case another worker took over (our lease
+        ran out) gets nothing from us.
+        """
         now = self.now()
-        decision = rules.decide(
-            case.view(), step, outcome.result, now, policy=self.policy, timing=self.timing, spread=self.random.random()
-        )
-        keep = decision.next_action_at is not None and decision.next_action_at <= now
-        recorded = await cases.record_decision(
-            self.runtime.db,
-            case=case,
-            decision=decision,
-            now=now,
-            actor="worker",
-            worker_id=self.worker_id,
-            step=step,
-            keep_lease_until=now + timedelta(seconds=self.lease) if keep else None,
-            detail=outcome.detail,
-            credential_ttl=self.runtime.settings.credential_ttl,
+        settings = self.runtime.settings
+
+        spread = self.random.random()
+
+        def build(case: CaseSnapshot) -> CaseChange | None:
+            if case.state is CaseState.cancelled:
+                return timeline.finished_late(
+                    state=case.state,
+                    step=step,
+                    status=StepStatus.failed if isinstance(outcome.result, rules.Failed) else StepStatus.succeeded,
+                    error=outcome.result.as_error() if isinstance(outcome.result, rules.Failed) else None,
+                    now=now,
+                    ttl=settings.credential_ttl,
+                )
+            if case.lease_owner != self.worker_id or case.step(step).status is not StepStatus.running:
+                return None
+            decision = rules.decide(
+                case.view(), step, outcome.result, now, policy=self.policy, timing=self.timing, spread=spread
+            )
+            keep = decision.next_action_at is not None and decision.next_action_at <= now
+            return timeline.step_decided(
+                decision,
+                before=case.state,
+                step=step,
+                step_detail=outcome.detail,
+                now=now,
+                credential_ttl=settings.credential_ttl,
+                keep_lease_until=now + timedelta(seconds=self.lease) if keep else None,
+            )
+
+        written = await self._durably(
+            lambda: change_case(
+                self.runtime.db, case_id=started.id, build=build, now=now, lease_owner=self.worker_id, known=started
+            )
         )
         failed = isinstance(outcome.result, rules.Failed)
+        tenant = started.tenant or ""
         metrics.STEP_DURATION.labels(step=step.value).observe(duration_ms / 1000)
         if isinstance(outcome.result, rules.Failed):
-            metrics.STEP_FAILURES.labels(step=step.value, code=outcome.result.code).inc()
+            metrics.STEP_FAILURES.labels(step=step.value, code=outcome.result.code, tenant=tenant).inc()
         log.info(
             "step_failed" if failed else "step_succeeded",
             duration_ms=duration_ms,
             error_class=outcome.result.code if isinstance(outcome.result, rules.Failed) else None,
             retryable=outcome.result.retryable if isinstance(outcome.result, rules.Failed) else None,
         )
-        if recorded is None:
-            await self._late(case, step, outcome, now)
+        if written is None:
+            log.warning("case_lost", step=step.value, reason="lease taken over; result dropped")
             return None
-        if decision.changes_state:
-            metrics.TRANSITIONS.labels(from_state=case.state, to_state=recorded.state).inc()
-            log.info("case_transitioned", from_state=case.state, to_state=recorded.state, outcome=recorded.outcome)
+        recorded, change = written.case, written.change
+        if change.decision is None:
+            log.info("step_finished_after_cancel", step=step.value)
+        elif change.changes_state:
+            metrics.TRANSITIONS.labels(
+                from_state=change.before.value, to_state=change.after.value, tenant=recorded.tenant or ""
+            ).inc()
+            log.info(
+                "case_transitioned",
+                from_state=change.before.value,
+                to_state=change.after.value,
+                outcome=recorded.outcome.value if recorded.outcome else None,
+            )
         self.runtime.events.publish(recorded.id)
         return recorded
 
-    async def _late(self, case: CaseSnapshot, step: StepName, outcome: Outcome, now: datetime) -> None:
-        current = await cases.get_case(self.runtime.db, case_id=case.id)
-        if current.state == "cancelled":
-            status = StepStatus.failed if isinstance(outcome.result, rules.Failed) else StepStatus.succeeded
-            error = outcome.result.as_error() if isinstance(outcome.result, rules.Failed) else None
-            await cases.record_late_result(
-                self.runtime.db, case_id=case.id, step=step, status=status, error=error, now=now
-            )
-            log.info("step_finished_after_cancel", step=step.value, status=status.value)
-        else:
-            log.warning("case_lost", step=step.value, reason="lease taken over; result dropped", state=current.state)
-
-    async def _password_for(self, case: CaseSnapshot, step: StepName) -> tuple[str | None, cases.SealedSecret | None]:
+    async def _password_for(self, case: CaseSnapshot, step: StepName) -> tuple[str | None, SealedSecret | None]:
         """The reset's password: sealed and stored before the first attempt, reused by retries."""
         if step is not StepName.reset_password:
             return None, None
@@ -163,16 +367,20 @@ class Engine:
             return self.sealer.open(Sealed(existing.key_id, existing.blob), context=case.id), None
         password = generate_password()
         sealed = self.sealer.seal(password, context=case.id)
-        return password, cases.SealedSecret(key_id=sealed.key_id, blob=sealed.blob)
+        return password, SealedSecret(key_id=sealed.key_id, blob=sealed.blob)
 
-    async def _with_heartbeat(self, case_id: str, work: Coroutine[Any, Any, Outcome]) -> Outcome:
+    async def _with_heartbeat(self, case_id: str, work: Coroutine[Any, Any, StepOutcome]) -> StepOutcome:
         async def beat() -> None:
             while True:
                 await asyncio.sleep(max(self.lease / 3, 0.2))
                 until = self.now() + timedelta(seconds=self.lease)
-                if not await cases.extend_lease(
-                    self.runtime.db, case_id=case_id, worker_id=self.worker_id, until=until
-                ):
+                try:
+                    extended = await cases.extend_lease(
+                        self.runtime.db, case_id=case_id, worker_id=self.worker_id, until=until
+                    )
+                except Unavailable:
+                    continue  # the database is away: keep trying; the step's result will wait for it
+                if not extended:
                     log.warning("lease_lost", case_id=case_id)
                     return
 

@@ -28,6 +28,7 @@ from service.worker.engine import Engine
 log = get_logger(__name__)
 
 HOUSEKEEPING_INTERVAL = 60.0
+CLAIM_RETRY_MAX = 2.0
 
 
 def new_worker_id() -> str:
@@ -95,15 +96,16 @@ class Worker:
     # --- the loop --------------------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
-        backoff = 0.5
+        backoff = 0.25
         while not self._stopping.is_set():
             try:
                 claimed = await self._claim()
-                backoff = 0.5
-            except Unavailable as error:
-                log.warning("claim_failed", detail=error.message, retry_in=backoff)
+                backoff = 0.25
+            except Unavailable:
+                # The database logs the outage once (database_unavailable); claiming again is the probe
+                # for its return, capped so that recovery is seen within CLAIM_RETRY_MAX seconds.
                 await self.runtime.work.wait(backoff)
-                backoff = min(backoff * 2, 15.0)
+                backoff = min(backoff * 2, CLAIM_RETRY_MAX)
                 continue
             if claimed:
                 continue  # there may be more
@@ -136,6 +138,8 @@ class Worker:
             await self.engine.process(claim)
         except asyncio.CancelledError:
             raise
+        except Unavailable as error:  # not expected (the engine waits outages out), but never an error line
+            log.warning("case_processing_interrupted", case_id=claim.case_id, detail=error.message)
         except Exception as error:
             log.error(
                 "case_processing_crashed", case_id=claim.case_id, error_class=type(error).__name__, exc_info=error

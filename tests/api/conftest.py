@@ -12,6 +12,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.persistence.db import Database
 from service.runtime import Runtime
+from tests.resolver import StubResolver
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def make_settings(database_url: str) -> Callable[..., Settings]:
 @pytest.fixture
 async def runtime(make_settings: Callable[..., Settings]) -> AsyncIterator[Runtime]:
     settings = make_settings()
-    rt = Runtime(settings=settings, db=Database(settings.database_url))
+    rt = Runtime(settings=settings, db=Database(settings.database_url), resolver=StubResolver())
     yield rt
     await rt.db.dispose()
 

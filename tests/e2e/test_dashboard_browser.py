@@ -103,3 +103,31 @@ def test_the_dashboard_follows_a_case_to_resolved(database_url: str, tmp_path: P
             assert headers["x-frame-options"] == "DENY"
             assert "script-src 'self'" in headers["content-security-policy"]
             browser.close()
+
+
+def test_the_api_docs_render_from_our_origin_under_the_csp(database_url: str, tmp_path: Path) -> None:
+    """Swagger UI shows the OpenAPI 3.1 document with nothing fetched from elsewhere and no CSP violation."""
+    from playwright.sync_api import expect, sync_playwright
+
+    env = {"UNBLOCK_DATABASE_URL": database_url, "UNBLOCK_SECRET_KEY": "0" * 64}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with unblock_process(["serve", "--no-worker", "--port", str(port)], env=env, tmp_path=tmp_path) as server:
+        wait_http(f"{base}/healthz", server)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page()
+            requested: list[str] = []
+            complaints: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.on("console", lambda message: complaints.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: complaints.append(str(error)))
+            page.goto(f"{base}/docs")
+            expect(page.locator(".opblock").first).to_be_visible(timeout=15_000)
+            expect(page.locator(".info")).to_contain_text("OAS 3.1")
+            page.locator(".opblock-summary").first.click()
+            expect(page.locator(".opblock-body").first).to_be_visible()
+            browser.close()
+    assert f"{base}/openapi.json" in requested
+    assert [url for url in requested if not url.startswith(base + "/")] == []
+    assert complaints == [], complaints  # a CSP violation is reported as a console error

@@ -12,7 +12,9 @@ import httpx
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
+from service.sandbox.tenant import DEMO_RESTRICTED
 from tests.helpers import UNBLOCK
+from tests.sandbox_client import APP
 
 
 def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], str, float]:
@@ -31,12 +33,13 @@ def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], str,
 
 
 def test_sandbox_starts_quickly_and_prints_its_url(tmp_path: Path) -> None:
-    """It is ready in under 2 s, says `listening on http://H:P/wsman`, and serves pypsrp."""
+    """It says `listening on http://H:P/wsman` once ready, and serves pypsrp. (How fast it starts is a
+    number for `make bench`; the bound here only catches a start that hangs, even on a loaded machine.)"""
     proc, line, elapsed = _start(["--port", "0", "--seed", "demo"], tmp_path)
     try:
         match = re.fullmatch(r"listening on http://127\.0\.0\.1:(\d+)/wsman\n", line)
         assert match, line
-        assert elapsed < 2.0, f"took {elapsed:.2f}s"
+        assert elapsed < 20.0, f"took {elapsed:.2f}s"
         port = int(match.group(1))
         wsman = WSMan(
             "127.0.0.1",
@@ -49,22 +52,16 @@ def test_sandbox_starts_quickly_and_prints_its_url(tmp_path: Path) -> None:
         )
         with RunspacePool(wsman) as pool:
             ps = PowerShell(pool)
-            ps.add_cmdlet("Connect-ExchangeOnline").add_parameters(
-                {
-                    "AppId": "a",
-                    "CertificateThumbprint": "b",
-                    "Organization": "contoso.com",
-                    "ShowBanner": False,
-                }
-            )
+            ps.add_cmdlet("Connect-ExchangeOnline").add_parameters({**APP, "ShowBanner": False})
             ps.invoke()
             ps.close()
             ps = PowerShell(pool)
             ps.add_cmdlet("Get-BlockedSenderAddress")
-            assert len(ps.invoke()) == 3
+            assert len(ps.invoke()) == len(DEMO_RESTRICTED)
             ps.close()
         state = httpx.get(f"http://127.0.0.1:{port}/_sandbox/state").json()
         assert state["shells"] == 0
+        assert [t["name"] for t in state["tenants"]] == ["contoso", "fabrikam"]  # the demo seed's tenants
     finally:
         proc.terminate()
         proc.wait(10)
@@ -73,7 +70,7 @@ def test_sandbox_starts_quickly_and_prints_its_url(tmp_path: Path) -> None:
 
 
 def test_sandbox_tls_and_empty_seed(tmp_path: Path) -> None:
-    """--tls serves https, --seed empty starts with no users."""
+    """--tls serves https, --seed empty starts with no users (and contoso alone)."""
     proc, line, _ = _start(["--port", "0", "--tls", "--seed", "empty"], tmp_path)
     try:
         match = re.fullmatch(r"listening on https://127\.0\.0\.1:(\d+)/wsman\n", line)
@@ -81,6 +78,7 @@ def test_sandbox_tls_and_empty_seed(tmp_path: Path) -> None:
         url = f"https://127.0.0.1:{match.group(1)}/_sandbox/state"
         state = httpx.get(url, verify=False).json()  # noqa: S501 - the sandbox certificate is self-signed
         assert state["users"] == []
+        assert [t["name"] for t in state["tenants"]] == ["contoso"]
     finally:
         proc.terminate()
         proc.wait(10)

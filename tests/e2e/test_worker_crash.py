@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 
 from service.api.operations import location
+from service.domain.findings import Containment
 from service.domain.plan import RequestedActions
-from service.persistence import cases
-from service.persistence.cases import NewCase
+from service.domain.states import StepName
+from service.persistence import cases, snapshots
 from service.persistence.db import Database
+from service.persistence.records import CaseSnapshot
 from service.persistence.types import utcnow
+from service.persistence.writer import NewCase
 from service.sandbox.server import SandboxServer
 from tests.helpers import sandbox_env, unblock_process, wait_until
 
@@ -48,7 +51,7 @@ def open_case(database_url: str, mailbox: str) -> str:
         try:
             stored = await cases.create_case(
                 db,
-                new=NewCase(mailbox, "INC-CRASH", None, None, RequestedActions(), False),
+                new=NewCase(mailbox, "INC-CRASH", None, None, RequestedActions().resolve(Containment.enforce), False),
                 actor="test",
                 now=utcnow(),
                 render=lambda c: ({"id": c.id}, location(c.id)),
@@ -60,11 +63,11 @@ def open_case(database_url: str, mailbox: str) -> str:
     return asyncio.run(create())
 
 
-def read_case(database_url: str, case_id: str) -> cases.CaseSnapshot:
-    async def read() -> cases.CaseSnapshot:
+def read_case(database_url: str, case_id: str) -> CaseSnapshot:
+    async def read() -> CaseSnapshot:
         db = Database(database_url)
         try:
-            return await cases.get_case(db, case_id=case_id)
+            return await snapshots.get_case(db, case_id=case_id)
         finally:
             await db.dispose()
 
@@ -82,7 +85,7 @@ def test_a_worker_killed_after_sending_the_reset(
     with unblock_process(["worker"], env=env, tmp_path=tmp_path, name="worker-a") as first:
 
         def reset_in_flight() -> bool:
-            step = read_case(database_url, case_id).step("reset_password")
+            step = read_case(database_url, case_id).step(StepName.reset_password)
             return step.status == "running" and step.attempts == 1
 
         wait_until(reset_in_flight, timeout=20, what=f"the reset to start\n{first.output()}")
@@ -90,7 +93,7 @@ def test_a_worker_killed_after_sending_the_reset(
         first.kill(signal.SIGKILL)
         killed_at = time.monotonic()
 
-    assert read_case(database_url, case_id).step("reset_password").status == "running"  # never recorded
+    assert read_case(database_url, case_id).step(StepName.reset_password).status == "running"  # never recorded
     with unblock_process(["worker"], env=env, tmp_path=tmp_path, name="worker-b") as second:
         wait_until(
             lambda: read_case(database_url, case_id).state in {"resolved", "failed", "escalated"},
@@ -100,7 +103,7 @@ def test_a_worker_killed_after_sending_the_reset(
     recovered_in = time.monotonic() - killed_at
     case = read_case(database_url, case_id)
     assert (case.state, case.outcome) == ("resolved", "unblocked"), case
-    assert case.step("reset_password").attempts == 2
+    assert case.step(StepName.reset_password).attempts == 2
     resets = [c for c in sandbox_server.tenant.calls if c.cmdlet == "Update-MgUser"]
     assert len(resets) == 2  # the killed worker's, which the tenant still carried out, and the retry
     hashes = {c.parameters["PasswordProfile"]["Password"]["sha256"] for c in resets}

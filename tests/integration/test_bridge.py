@@ -16,6 +16,7 @@ from service.config import Settings
 from service.powershell import commands as c
 from service.powershell.bridge import PowerShellBridge
 from service.sandbox.server import SandboxServer
+from service.sandbox.tenant import DEMO_RESTRICTED
 
 APP_ID = "11111111-2222-3333-4444-555555555555"
 
@@ -53,7 +54,9 @@ async def make_bridge(sandbox: SandboxServer) -> AsyncIterator[BridgeFactory]:
 
     yield make
     for bridge in bridges:
+        bridge.pool.check()  # the slot bookkeeping holds after whatever the test did
         await bridge.close()
+        bridge.pool.check()
     await asyncio.sleep(0.3)  # closing is off the event loop; let the Delete requests land
 
 
@@ -86,7 +89,7 @@ async def test_get_and_list_restrictions(bridge: PowerShellBridge) -> None:
     assert rob.temporary_block is False
     assert await bridge.get_restriction("ann@contoso.com") is None
     listed = await bridge.list_restrictions()
-    assert {r.sender_address for r in listed} == {"rob@contoso.com", "laura@contoso.com", "julia@contoso.com"}
+    assert {r.sender_address for r in listed} == set(DEMO_RESTRICTED)
 
 
 async def test_remove_restriction_is_idempotent(bridge: PowerShellBridge, sandbox: SandboxServer) -> None:
@@ -130,16 +133,95 @@ async def test_revoke_sessions(bridge: PowerShellBridge, sandbox: SandboxServer)
 
 
 async def test_inbox_rules_and_forwarding(bridge: PowerShellBridge, sandbox: SandboxServer) -> None:
-    """Rules come back typed with a suspicion flag; one is disabled; forwarding is cleared."""
+    """Rules come back typed, recipients taken out of Exchange's "Name" [SMTP:x] form; one is disabled;
+    forwarding is read with its smtp: prefix removed, then cleared."""
     rules = await bridge.list_inbox_rules("rob@contoso.com")
     assert [r.name for r in rules] == ["Team updates", ".", "invoice"]
-    assert [r.suspicious for r in rules] == [False, True, True]
+    assert rules[2].forward_to == ("payments@fabrikam.example",)
+    assert rules[2].delete_message is True
+    assert rules[1].move_to_folder is not None
+    assert rules[1].move_to_folder.endswith("RSS Feeds")
+    assert not any(r.hidden for r in rules)
+    forwarding = await bridge.get_forwarding("rob@contoso.com")
+    assert forwarding.smtp_address == "collector@fabrikam.example"
     await bridge.disable_inbox_rule("rob@contoso.com", rules[2].identity)
     await bridge.clear_forwarding("rob@contoso.com")
     user = sandbox.tenant.find_user("rob@contoso.com")
     assert user is not None
     assert user.inbox_rules[2].enabled is False
     assert user.forwarding_smtp_address is None
+    assert (await bridge.get_forwarding("rob@contoso.com")).smtp_address is None
+
+
+async def test_hidden_rules_are_found_and_marked(bridge: PowerShellBridge, sandbox: SandboxServer) -> None:
+    """Get-InboxRule shows hidden rules only with -IncludeHidden, and nothing marks them: the bridge asks twice."""
+    sandbox.tenant.add_inbox_rule(
+        "laura@contoso.com", "  ", hidden=True, redirect_to=["drop@fabrikam.example"], mark_as_read=True
+    )
+    sandbox.tenant.add_inbox_rule("laura@contoso.com", "Colleague", forward_to=["ann@contoso.com"])
+    rules = await bridge.list_inbox_rules("laura@contoso.com")
+    assert [(r.name, r.hidden) for r in rules] == [("  ", True), ("Colleague", False)]
+    assert rules[0].redirect_to == ("drop@fabrikam.example",)
+    assert rules[0].mark_as_read is True
+    # A recipient of the directory is printed [EX:...] with its display name, which the bridge keeps.
+    assert rules[1].forward_to == ("Ann Beebe",)
+    calls = _calls(sandbox, "Get-InboxRule")
+    assert [call.parameters.get("IncludeHidden") for call in calls] == [None, True]
+
+
+async def test_delegates_and_send_as(bridge: PowerShellBridge, sandbox: SandboxServer) -> None:
+    """Get-MailboxPermission and Get-RecipientPermission, the owner's own SELF entries included."""
+    sandbox.tenant.add_mailbox_permission("ben@contoso.com", "ann@contoso.com")
+    sandbox.tenant.add_send_as("ben@contoso.com", "ann@contoso.com")
+    delegates = await bridge.list_mailbox_permissions("ben@contoso.com")
+    assert [(p.user, p.rights) for p in delegates] == [
+        ("NT AUTHORITY\\SELF", ("FullAccess", "ReadPermission")),
+        ("ann@contoso.com", ("FullAccess",)),
+    ]
+    send_as = await bridge.list_send_as("ben@contoso.com")
+    assert [(p.trustee, p.rights, p.access_control_type) for p in send_as] == [
+        ("NT AUTHORITY\\SELF", ("SendAs",), "Allow"),
+        ("ann@contoso.com", ("SendAs",), "Allow"),
+    ]
+    with pytest.raises(e.MailboxNotFound):
+        await bridge.list_mailbox_permissions("zed@contoso.com")
+
+
+async def test_sign_in_methods_come_with_their_graph_type_and_age(bridge: PowerShellBridge) -> None:
+    """Graph's base type declares only Id: the type and dates come out of AdditionalProperties."""
+    methods = await bridge.list_auth_methods("victor@contoso.com")
+    assert [m.kind for m in methods] == ["password", "microsoftAuthenticator"]
+    phone = methods[1]
+    assert phone.display_name == "Galaxy A15"
+    assert phone.created_at is not None
+    assert phone.created_at.tzinfo is not None
+    assert phone.detail["deviceTag"] == "SoftwareTokenActivated"
+
+
+async def test_consents_are_read_app_only_by_the_users_object_id(
+    bridge: PowerShellBridge, sandbox: SandboxServer
+) -> None:
+    """Get-MgOauth2PermissionGrant -Filter "principalId eq '<id>'": the id comes from Get-MgUser, never the address."""
+    grants = await bridge.list_oauth_grants("victor@contoso.com")
+    assert len(grants) == 1
+    assert "Mail.ReadWrite" in grants[0].scopes
+    assert grants[0].consent_type == "Principal"
+    victor = sandbox.tenant.find_user("victor@contoso.com")
+    assert victor is not None
+    (call,) = _calls(sandbox, "Get-MgOauth2PermissionGrant")
+    assert call.parameters == {"Filter": f"principalId eq '{victor.object_id}'", "All": True}
+    assert await bridge.list_oauth_grants("laura@contoso.com") == []
+    app = await bridge.get_service_principal(grants[0].client_id)
+    assert app is not None
+    assert (app.display_name, app.verified_publisher) == ("Mail Sync Pro", None)
+    assert app.owner_tenant_id == "5f2c7a9e-3b1d-4e8f-9a6c-2d4b8e1f0c37"
+    verified = sandbox.tenant.add_service_principal("Contoso CRM", verified_publisher="Contoso Ltd")
+    found = await bridge.get_service_principal(verified.object_id)
+    assert found is not None
+    assert found.verified_publisher == "Contoso Ltd"
+    assert await bridge.get_service_principal("00000000-dead-4000-8000-000000000000") is None
+    with pytest.raises(e.MailboxNotFound):
+        await bridge.list_oauth_grants("zed@contoso.com")
 
 
 async def test_accepted_domains_and_users(bridge: PowerShellBridge) -> None:
@@ -194,15 +276,33 @@ async def test_transient_errors_are_retryable(bridge: PowerShellBridge, sandbox:
     assert caught.value.retryable
 
 
-async def test_throttling_carries_retry_after(bridge: PowerShellBridge, sandbox: SandboxServer) -> None:
-    """Throttling is retryable and says how long to wait."""
-    await bridge.get_restriction("rob@contoso.com")
+async def test_graph_throttling_carries_retry_after(bridge: PowerShellBridge, sandbox: SandboxServer) -> None:
+    """Graph's 429: retryable, after the Retry-After its error details advertise."""
+    await bridge.get_user("rob@contoso.com")
     sandbox.tenant.configure({"throttle_retry_after_s": 9})
-    sandbox.tenant.add_fault("Get-BlockedSenderAddress", "throttled", 1)
+    sandbox.tenant.add_fault("Revoke-MgUserSignInSession", "throttled", 1)
     with pytest.raises(e.Throttled) as caught:
-        await bridge.get_restriction("rob@contoso.com")
+        await bridge.revoke_sessions("rob@contoso.com")
     assert caught.value.retry_after == 9
     assert caught.value.retryable
+
+
+async def test_an_exchange_micro_delay_paces_the_pool_without_repeating_the_command(
+    bridge: PowerShellBridge, sandbox: SandboxServer
+) -> None:
+    """Exchange's "Micro delay applied" warning comes with a command that succeeded: it is not run again,
+    and the next call waits out the delay before it starts."""
+    await bridge.get_restriction("rob@contoso.com")
+    sandbox.tenant.configure({"throttle_retry_after_s": 5})  # the sandbox delays by 100 ms per unit: 500 ms
+    sandbox.tenant.add_fault("Remove-BlockedSenderAddress", "throttled", 1)
+    with capture_logs() as logs:
+        assert await bridge.remove_restriction("rob@contoso.com")
+        started = time.monotonic()
+        assert await bridge.get_restriction("laura@contoso.com") is not None
+        waited = time.monotonic() - started
+    assert len(_calls(sandbox, "Remove-BlockedSenderAddress")) == 1
+    assert [entry["delay_s"] for entry in logs if entry["event"] == "remote_slowed_down"] == [0.5]
+    assert waited >= 0.4
 
 
 async def test_not_found(bridge: PowerShellBridge) -> None:
@@ -226,7 +326,7 @@ async def test_unblock_limit(bridge: PowerShellBridge, sandbox: SandboxServer) -
 @pytest.mark.parametrize("cmdlet", ["Remove-BlockedSenderAddress", "Update-MgUser"])
 async def test_permission_denied(bridge: PowerShellBridge, sandbox: SandboxServer, cmdlet: str) -> None:
     """A missing Exchange role or Graph permission is PermissionDenied."""
-    sandbox.tenant.configure({"denied_cmdlets": [cmdlet]})
+    sandbox.tenant.configure({"forbidden_cmdlets": [cmdlet]})
     if cmdlet == "Update-MgUser":
         with pytest.raises(e.PermissionDenied):
             await bridge.reset_password("rob@contoso.com", "Gx7!mQ2#pL9zR4wT8vY")
@@ -244,6 +344,68 @@ async def test_a_command_the_endpoint_does_not_offer_is_permission_denied(
     result = await bridge._run(connect)  # not visible through the JEA endpoint
     with pytest.raises(e.PermissionDenied, match="does not offer"):
         bridge._raise_errors(result, connect.name)
+
+
+async def test_the_pool_bookkeeping_holds_under_concurrency_and_failures(
+    bridge: PowerShellBridge, sandbox: SandboxServer
+) -> None:
+    """Concurrent calls, a hang, a dropped connection and a lost shell: the slots stay consistent and the pool
+    returns to its size with nothing lent out."""
+    sandbox.tenant.add_fault("Get-Mailbox", "hang", 1)
+    sandbox.tenant.add_fault("Get-BlockedSenderAddress", "drop_connection", 1)
+    sandbox.tenant.add_fault("Revoke-MgUserSignInSession", "shell_lost", 1)
+    outcomes = await asyncio.gather(
+        *(bridge.get_restriction("rob@contoso.com") for _ in range(3)),
+        bridge.revoke_sessions("rob@contoso.com"),
+        bridge.accepted_domains(),
+        return_exceptions=True,
+    )
+    assert any(not isinstance(o, BaseException) for o in outcomes)
+    bridge.pool.check()
+    await _settle(lambda: bridge.stats().in_use == 0, "nothing lent out", timeout=15)
+    bridge.pool.check()
+    assert bridge.stats().idle + bridge.stats().opening <= bridge.stats().size
+
+
+@pytest.mark.parametrize(
+    ("cmdlet", "operation"),
+    [
+        ("Get-BlockedSenderAddress", lambda b: b.get_restriction("rob@contoso.com")),
+        ("Remove-BlockedSenderAddress", lambda b: b.remove_restriction("rob@contoso.com")),
+        ("Get-MgUser", lambda b: b.get_user("rob@contoso.com")),
+        ("Update-MgUser", lambda b: b.reset_password("rob@contoso.com", "Gx7!mQ2#pL9zR4wT8vY")),
+    ],
+)
+@pytest.mark.parametrize("kind", ["session_expired", "shell_lost"])
+async def test_a_lost_session_is_replaced_and_the_call_runs_once_more(
+    bridge: PowerShellBridge, sandbox: SandboxServer, cmdlet: str, operation: Any, kind: str
+) -> None:
+    """A runspace whose sign-in lapsed (Exchange commands gone, Graph asking to connect) or whose remote
+    shell vanished is closed; a fresh runspace connects again and the same call succeeds there."""
+    await bridge.accepted_domains()  # a warm, connected runspace that has worked
+    connects_before = len(_calls(sandbox, "Connect-ExchangeOnline"))
+    sandbox.tenant.add_fault(cmdlet, kind, 1)
+    with capture_logs() as logs:
+        await operation(bridge)
+    assert [c.outcome for c in _calls(sandbox, cmdlet)][-1].startswith("ok")
+    assert len(_calls(sandbox, "Connect-ExchangeOnline")) == connects_before + 1  # the reconnect
+    events = [entry["event"] for entry in logs]
+    assert "runspace_session_lost" in events
+    assert "runspace_reconnected" in events
+
+
+async def test_a_command_still_missing_after_a_reconnect_is_a_missing_permission(
+    bridge: PowerShellBridge, sandbox: SandboxServer
+) -> None:
+    """One reconnect, then the usual reading: a command the endpoint does not have is PermissionDenied."""
+    await bridge.accepted_domains()
+    connects_before = len(_calls(sandbox, "Connect-ExchangeOnline"))
+    sandbox.tenant.configure({"denied_cmdlets": ["Remove-BlockedSenderAddress"]})
+    with pytest.raises(e.PermissionDenied):
+        await bridge.remove_restriction("rob@contoso.com")
+    removes = _calls(sandbox, "Remove-BlockedSenderAddress")
+    assert len(removes) == 2  # the first try and the one after reconnecting
+    assert len(_calls(sandbox, "Connect-ExchangeOnline")) == connects_before + 1
 
 
 async def test_synced_user_and_weak_password(bridge: PowerShellBridge, sandbox: SandboxServer) -> None:

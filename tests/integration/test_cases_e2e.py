@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from service.domain.tenancy import TenantDomains
 from service.sandbox.server import SandboxServer
 from tests.stack import Stack, running_stack
 
@@ -38,12 +39,27 @@ async def test_a_restricted_mailbox_is_unblocked(stack: Stack) -> None:
     assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
     assert case["restriction"]["limit_type"] == "External"
     assert case["restriction"]["external_recipients_today"] == 480
-    assert [s["status"] for s in case["steps"]] == ["succeeded"] * 6
+    assert [(s["name"], s["status"]) for s in case["steps"]] == [
+        (name, "succeeded")
+        for name in (
+            "reset_password",
+            "revoke_sessions",
+            "investigate",
+            "disable_inbox_rules",
+            "remove_forwarding",
+            "check_restriction",
+            "unblock",
+            "verify",
+            "propagation",
+        )
+    ]
     assert case["credential"]["available"] is True
     assert case["sending_restored_by"] is not None
     assert _states(await stack.events(case["id"])) == [
         "received",
         "securing_account",
+        "investigating",
+        "containing",
         "checking_restriction",
         "unblocking",
         "verifying",
@@ -104,10 +120,13 @@ async def test_a_reblock_during_the_wait_escalates(stack: Stack) -> None:
 
 
 async def test_transient_faults_on_every_step_are_retried_to_success(stack: Stack) -> None:
-    """One transient fault on each command the case runs: every step retries and the case resolves."""
-    for cmdlet in ("Update-MgUser", "Revoke-MgUserSignInSession", "Remove-BlockedSenderAddress"):
+    """One transient fault on each command the case runs (Graph's as a 429 with Retry-After), and an
+    Exchange micro delay: every step retries and the case resolves, the delayed command is not repeated."""
+    for cmdlet in ("Update-MgUser", "Get-BlockedSenderAddress", "Remove-BlockedSenderAddress"):
         stack.sandbox.tenant.add_fault(cmdlet, "transient", 1)
-    stack.sandbox.tenant.add_fault("Get-BlockedSenderAddress", "throttled", 2)
+    stack.sandbox.tenant.configure({"throttle_retry_after_s": 1})
+    stack.sandbox.tenant.add_fault("Revoke-MgUserSignInSession", "throttled", 1)
+    stack.sandbox.tenant.add_fault("Get-BlockedSenderAddress", "throttled", 1)  # taken by the retry: a micro delay
     case = await stack.wait_for((await stack.open("rob@contoso.com"))["id"], timeout=30)
     assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
     attempts = {s["name"]: s["attempts"] for s in case["steps"]}
@@ -122,6 +141,25 @@ async def test_transient_faults_on_every_step_are_retried_to_success(stack: Stac
     assert kinds.count("step.retry_scheduled") >= 4
 
 
+@pytest.mark.parametrize("kind", ["session_expired", "shell_lost"])
+async def test_a_case_whose_session_is_lost_resolves_after_a_reconnect(stack: Stack, kind: str) -> None:
+    """The runspace loses its sign-in (or its remote shell) in the middle of the case, at a Graph and at an
+    Exchange command: the bridge reconnects and runs the command again, and no person is needed."""
+    await stack.wait_for((await stack.open("laura@contoso.com"))["id"])  # warm, connected runspaces
+    connects_before = len(stack.calls("Connect-ExchangeOnline"))
+    stack.sandbox.tenant.add_fault("Revoke-MgUserSignInSession", kind, 1)
+    stack.sandbox.tenant.add_fault("Remove-BlockedSenderAddress", kind, 1)
+    case = await stack.wait_for((await stack.open("rob@contoso.com"))["id"], timeout=30)
+    assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
+    assert case["last_error"] is None
+    calls = stack.calls()
+    assert len([c for c in calls if c["cmdlet"] == "Connect-ExchangeOnline"]) >= connects_before + 2  # reconnects
+    assert [c["outcome"] for c in calls if c["cmdlet"] == "Remove-BlockedSenderAddress"][-2:] == [
+        f"fault: {kind}" if kind == "shell_lost" else "failed: CommandNotFoundException",
+        "ok",
+    ]
+
+
 async def test_approval(database_url: str, sandbox: SandboxServer) -> None:
     """With UNBLOCK_REQUIRE_APPROVAL the case waits; approve (cases:approve) lets it finish."""
     async with running_stack(database_url, sandbox, require_approval=True) as stack:
@@ -129,17 +167,17 @@ async def test_approval(database_url: str, sandbox: SandboxServer) -> None:
         waiting = await stack.wait_for(case_id, "awaiting_approval")
         assert waiting["next_action_at"] is None
         assert stack.calls("Remove-BlockedSenderAddress") == []
-        approved = await stack.client.post(f"/v1/cases/{case_id}/approve")
+        approved = await stack.approve(case_id)
         assert approved.status_code == 200
         assert approved.json()["state"] == "unblocking"
         case = await stack.wait_for(case_id)
         assert case["outcome"] == "unblocked"
-        again = await stack.client.post(f"/v1/cases/{case_id}/approve")
+        again = await stack.approve(case_id)
         assert again.status_code == 409
         assert again.headers["content-type"] == PROBLEM
         assert again.json()["allowed_states"] == ["awaiting_approval"]
         approvals = [e for e in await stack.events(case_id) if e["type"] == "case.approved"]
-        assert approvals[0]["actor"] == "servicedesk"
+        assert approvals[0]["actor"] == "approver"
 
 
 async def test_cancel(database_url: str, sandbox: SandboxServer) -> None:
@@ -153,7 +191,7 @@ async def test_cancel(database_url: str, sandbox: SandboxServer) -> None:
         assert stack.calls("Remove-BlockedSenderAddress") == []
         later = (await stack.open("laura@contoso.com"))["id"]
         await stack.wait_for(later, "awaiting_approval")
-        await stack.client.post(f"/v1/cases/{later}/approve")
+        assert (await stack.approve(later)).status_code == 200
         await stack.wait_for(later, {"verifying", "awaiting_propagation", "resolved"})
         refused = await stack.client.post(f"/v1/cases/{later}/cancel")
         assert refused.status_code == 409
@@ -196,8 +234,8 @@ async def test_duplicate_and_idempotent_creates(stack: Stack) -> None:
     assert duplicate.json()["case_id"] == first.json()["id"]
     # The tenant's accepted domains change (as seen through the cache): a new create is refused,
     # but a client retrying after a lost response still gets its original answer.
-    saved = stack.runtime.domain_cache
-    stack.runtime.domain_cache = (time.monotonic(), ["fabrikam.com"])
+    saved = stack.runtime.tenant_cache
+    stack.runtime.tenant_cache = (time.monotonic(), (TenantDomains("default", True, ("fabrikam.com",)),))
     try:
         retried = await stack.client.post("/v1/cases", json=body, headers={"Idempotency-Key": "req-1"})
         assert retried.status_code == 201, retried.text
@@ -206,7 +244,7 @@ async def test_duplicate_and_idempotent_creates(stack: Stack) -> None:
         assert fresh.status_code == 422
         assert fresh.json()["type"] == "/problems/foreign_mailbox"
     finally:
-        stack.runtime.domain_cache = saved
+        stack.runtime.tenant_cache = saved
     await stack.wait_for(first.json()["id"])
 
 
@@ -311,3 +349,38 @@ async def test_keys_and_scopes(stack: Stack) -> None:
     assert refused.json()["required_scope"] == "cases:write"
     bogus = await stack.client.get("/v1/cases", headers={"Authorization": "Bearer ubk_aaaaaaaa_" + "x" * 43})
     assert bogus.status_code == 401
+
+
+async def test_four_eyes_the_opener_cannot_approve(database_url: str, sandbox: SandboxServer) -> None:
+    """With approval required, the key that opened a case cannot approve it (409 approver_is_requester);
+    another key can. UNBLOCK_APPROVAL_ALLOW_SELF=true restores self-approval for small teams."""
+    from tests.stack import make_key
+
+    async with running_stack(database_url, sandbox, require_approval=True) as stack:
+        case_id = (await stack.open("rob@contoso.com"))["id"]
+        await stack.wait_for(case_id, "awaiting_approval")
+        refused = await stack.client.post(f"/v1/cases/{case_id}/approve")
+        assert refused.status_code == 409
+        assert refused.json()["type"] == "/problems/approver_is_requester"
+        other = await make_key(stack.runtime, "second-person", ["cases:approve", "cases:read"])
+        approved = await stack.client.post(f"/v1/cases/{case_id}/approve", headers={"Authorization": f"Bearer {other}"})
+        assert approved.status_code == 200, approved.text
+        assert (await stack.wait_for(case_id))["outcome"] == "unblocked"
+    async with running_stack(database_url, sandbox, require_approval=True, approval_allow_self=True) as stack:
+        case_id = (await stack.open("laura@contoso.com"))["id"]
+        await stack.wait_for(case_id, "awaiting_approval")
+        assert (await stack.client.post(f"/v1/cases/{case_id}/approve")).status_code == 200
+
+
+async def test_four_eyes_compares_old_cases_by_name(database_url: str, sandbox: SandboxServer) -> None:
+    """Cases opened before identities were recorded (no kind/id) compare the approver by name."""
+    from sqlalchemy import update
+
+    from service.persistence.models import Case
+
+    async with running_stack(database_url, sandbox, require_approval=True) as stack:
+        case_id = (await stack.open("rob@contoso.com"))["id"]
+        await stack.wait_for(case_id, "awaiting_approval")
+        async with stack.runtime.db.write() as session:
+            await session.exec(update(Case).where(Case.id == case_id).values(created_by_kind=None, created_by_id=None))  # type: ignore[call-overload]
+        assert (await stack.client.post(f"/v1/cases/{case_id}/approve")).status_code == 409

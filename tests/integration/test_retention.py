@@ -20,12 +20,13 @@ from service.persistence.db import sync_url
 from service.persistence.models import Case, IdempotencyRecord, OutboxEvent
 from service.sandbox.server import SandboxServer
 from tests.helpers import UNBLOCK
-from tests.stack import running_stack
+from tests.stack import SECRET, running_stack
 
 
 def _unblock(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNBLOCK_")}
     env["UNBLOCK_DATABASE_URL"] = database_url
+    env["UNBLOCK_SECRET_KEY"] = SECRET  # the stack's: purge signs its audit record, verify checks the chain
     return subprocess.run([UNBLOCK, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
@@ -56,7 +57,7 @@ def _count(database_url: str, table: str, where: str = "1=1") -> int:
 async def test_purge_deletes_old_closed_cases_and_keeps_the_rest(
     database_url: str, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    async with running_stack(database_url, sandbox) as stack:
+    async with running_stack(database_url, sandbox, webhook_allow_networks="127.0.0.0/8") as stack:
         hook = await stack.client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/down", "events": ["*"]})
         assert hook.status_code == 201
         old = [await stack.open("rob@contoso.com"), await stack.open("ann@contoso.com")]

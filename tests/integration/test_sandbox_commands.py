@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 
 from pypsrp.serializer import TaggedValue
 
 from service.sandbox.server import SandboxServer
+from service.sandbox.tenant import DEMO_RESTRICTED
 from tests.sandbox_client import APP, GRAPH, open_pool, run
 
 
@@ -51,11 +53,11 @@ def test_connect_exchange_online_refuses_interactive_and_unknown_organizations(
     """No interactive sign-in in a remote session; an organization the tenant does not have is refused."""
     with open_pool(sandbox, connect=False) as pool:
         interactive = run(pool, "Connect-ExchangeOnline", UserPrincipalName="admin@contoso.com")
-        foreign = run(pool, "Connect-ExchangeOnline", **{**APP, "Organization": "fabrikam.onmicrosoft.com"})
+        foreign = run(pool, "Connect-ExchangeOnline", **{**APP, "Organization": "northwind.onmicrosoft.com"})
     assert interactive.failed
     assert "app-only" in interactive.messages[0]
     assert foreign.failed
-    assert "fabrikam.onmicrosoft.com" in foreign.messages[0]
+    assert "northwind.onmicrosoft.com" in foreign.messages[0]
 
 
 def test_command_name_loads_only_the_named_cmdlets(sandbox: SandboxServer) -> None:
@@ -119,7 +121,17 @@ def test_remove_blocked_sender_address(sandbox: SandboxServer) -> None:
     assert removed.errors == []
     assert gone.output == []
     assert not again.failed  # a non-terminating error: the pipeline completes
-    assert "FailureCategory=Cmdlet-ManagementObjectNotFoundException" in again.error_ids[0]
+    # Exchange Online v3's shape (Write-ErrorMessage): the id names the request, the reason the exception
+    assert again.error_ids[0].startswith("[Server=")
+    assert again.error_ids[0].endswith("],Write-ErrorMessage")
+    assert again.errors[0].reason == "ManagementObjectNotFoundException"
+    assert again.errors[0].activity == "Remove-BlockedSenderAddress"
+    assert again.errors[0].category == 0  # NotSpecified
+    assert re.match(
+        r"^Ex[0-9A-F]{6}\|Microsoft\.Exchange\.Configuration\.Tasks\.ManagementObjectNotFoundException\|"
+        r"The operation couldn't be performed because object 'rob@contoso\.com' couldn't be found",
+        again.messages[0],
+    )
     assert sandbox.tenant.calls[-1].outcome == "error: ManagementObjectNotFoundException"
 
 
@@ -132,8 +144,9 @@ def test_the_unblock_limit(sandbox: SandboxServer) -> None:
             sandbox.tenant.restrict("rob@contoso.com")
         refused = run(pool, "Remove-BlockedSenderAddress", SenderAddress="rob@contoso.com")
         still = run(pool, "Get-BlockedSenderAddress", SenderAddress="rob@contoso.com")
-    assert "FailureCategory=Cmdlet-UnblockLimitExceededException" in refused.error_ids[0]
-    assert refused.errors[0].category == 29  # LimitsExceeded
+    # Microsoft does not publish this error's text: the v3 shape with an assumed exception (README)
+    assert refused.error_ids[0].endswith("],Write-ErrorMessage")
+    assert refused.errors[0].reason == "UnblockLimitExceededException"
     assert len(still.output) == 1
 
 
@@ -178,7 +191,7 @@ def test_mailbox_forwarding_is_read_and_cleared(sandbox: SandboxServer) -> None:
         missing = run(pool, "Get-Mailbox", Identity="nobody@contoso.com")
     assert before.prop(0, "ForwardingSmtpAddress") == "smtp:collector@fabrikam.example"
     assert after.prop(0, "ForwardingSmtpAddress") is None
-    assert "ManagementObjectNotFoundException" in missing.error_ids[0]
+    assert missing.errors[0].reason == "ManagementObjectNotFoundException"
 
 
 def test_inbox_rules_are_listed_and_disabled(sandbox: SandboxServer) -> None:
@@ -186,16 +199,37 @@ def test_inbox_rules_are_listed_and_disabled(sandbox: SandboxServer) -> None:
     with open_pool(sandbox) as pool:
         rules = run(pool, "Get-InboxRule", Mailbox="rob@contoso.com")
         identity = rules.prop(2, "Identity")
-        disabled = run(pool, "Disable-InboxRule", Mailbox="rob@contoso.com", Identity=identity, Confirm=False)
+        disabled = run(
+            pool, "Disable-InboxRule", Mailbox="rob@contoso.com", Identity=identity, Force=True, Confirm=False
+        )
         after = run(pool, "Get-InboxRule", Mailbox="rob@contoso.com")
-        unknown = run(pool, "Disable-InboxRule", Mailbox="rob@contoso.com", Identity="rob@contoso.com\\999")
+        unknown = run(
+            pool, "Disable-InboxRule", Mailbox="rob@contoso.com", Identity="rob@contoso.com\\999", Confirm=False
+        )
     assert len(rules.output) == 3
-    assert rules.prop(2, "ForwardTo") == ["payments@fabrikam.example"]
+    # Exchange prints a recipient as its display name and routing address (no directory entry: the address twice).
+    assert rules.prop(2, "ForwardTo") == ['"payments@fabrikam.example" [SMTP:payments@fabrikam.example]']
     assert rules.prop(2, "DeleteMessage") is True
     assert disabled.errors == []
     assert "delete any rules" in str(disabled.warnings[0].message)  # the real cmdlet's Outlook warning
     assert after.prop(2, "Enabled") is False
-    assert "ManagementObjectNotFoundException" in unknown.error_ids[0]
+    assert unknown.errors[0].reason == "ManagementObjectNotFoundException"
+
+
+def test_a_command_that_would_prompt_fails_as_in_a_host_without_ui(sandbox: SandboxServer) -> None:
+    """Disable-InboxRule asks for confirmation unless -Confirm:$false, and about the mailbox's Outlook rules
+    unless -Force; pypsrp sends no host, so PowerShell fails the command instead (HostFunctionNotImplemented)."""
+    with open_pool(sandbox) as pool:
+        identity = run(pool, "Get-InboxRule", Mailbox="rob@contoso.com").prop(2, "Identity")
+        unconfirmed = run(pool, "Disable-InboxRule", Mailbox="rob@contoso.com", Identity=identity)
+        unforced = run(pool, "Disable-InboxRule", Mailbox="rob@contoso.com", Identity=identity, Confirm=False)
+    for refused in (unconfirmed, unforced):
+        assert refused.failed
+        assert refused.error_ids[0].startswith("HostFunctionNotImplemented,")
+        assert refused.errors[0].reason == "HostException"
+        assert "does not support user interaction" in refused.messages[0]
+    assert "Outlook" in unforced.messages[0]
+    assert all(rule["enabled"] for rule in sandbox.tenant.find_user("rob@contoso.com").public()["inbox_rules"])
 
 
 # --- Graph -------------------------------------------------------------------------------------------
@@ -319,15 +353,22 @@ def test_parameter_binding_like_powershell(sandbox: SandboxServer) -> None:
     assert missing.error_ids[0].startswith("MissingMandatoryParameter,")
     assert "SenderAddress" in missing.messages[0]
     assert len(prefix.output) == 1
-    assert wrong_type.error_ids[0].startswith("CannotConvertArgumentNoMessage,")
+    # Windows PowerShell 5.1: a string for a [bool] parameter is an argument-transformation error naming .NET types
+    assert wrong_type.error_ids[0].startswith("ParameterArgumentTransformationError,")
+    assert 'Cannot convert value "System.String" to type "System.Boolean"' in wrong_type.messages[0]
 
 
 def test_hostile_values_are_data_not_code(sandbox: SandboxServer) -> None:
-    """A bound parameter is never evaluated: metacharacters fail validation, nothing runs."""
+    """A bound parameter is never evaluated: it is looked up as data (and not found), nothing runs; through
+    the JEA endpoint the role capability's ValidatePattern refuses it before the command runs."""
+    hostile = "x@contoso.com; Remove-Mailbox -Identity *"
     with open_pool(sandbox) as pool:
-        result = run(pool, "Remove-BlockedSenderAddress", SenderAddress="x@contoso.com; Remove-Mailbox -Identity *")
-    assert result.error_ids[0].startswith("ParameterArgumentValidationError,")
-    assert len(sandbox.tenant.listed()) == 3
+        full = run(pool, "Remove-BlockedSenderAddress", SenderAddress=hostile)
+    with open_pool(sandbox, connect=False, configuration="UnblockRunner") as pool:
+        jea = run(pool, "Remove-BlockedSenderAddress", SenderAddress=hostile)
+    assert "ManagementObjectNotFoundException" in full.errors[0].reason
+    assert jea.error_ids[0].startswith("ParameterArgumentValidationError,")
+    assert len(sandbox.tenant.listed()) == len(DEMO_RESTRICTED)
 
 
 def test_scripts_are_not_run(sandbox: SandboxServer) -> None:
@@ -341,7 +382,7 @@ def test_scripts_are_not_run(sandbox: SandboxServer) -> None:
         assert ps.had_errors
         assert str(ps.streams.error[0].fq_error) == "ScriptsNotAllowed"
         ps.close()
-    assert len(sandbox.tenant.listed()) == 3
+    assert len(sandbox.tenant.listed()) == len(DEMO_RESTRICTED)
 
 
 def test_the_jea_endpoint_exposes_only_its_visible_commands(sandbox: SandboxServer) -> None:
@@ -351,7 +392,95 @@ def test_the_jea_endpoint_exposes_only_its_visible_commands(sandbox: SandboxServ
         connect = run(pool, "Connect-ExchangeOnline", **APP)
         other = run(pool, "Remove-Mailbox", Identity="rob@contoso.com")
         graph = run(pool, "Connect-MgGraph", **GRAPH)
-    assert len(listed.output) == 3
+    assert len(listed.output) == len(DEMO_RESTRICTED)
     assert connect.error_ids == ["CommandNotFoundException"]
     assert other.error_ids == ["CommandNotFoundException"]
     assert graph.error_ids == ["CommandNotFoundException"]
+
+
+def test_what_the_real_cmdlets_refuse_is_refused(sandbox: SandboxServer) -> None:
+    """Microsoft's reference, not our assumptions: Remove-BlockedSenderAddress has no -Confirm,
+    Get-BlockedSenderAddress no -ResultSize, and app-only Connect-ExchangeOnline needs the initial domain."""
+    with open_pool(sandbox) as pool:
+        confirm = run(pool, "Remove-BlockedSenderAddress", SenderAddress="rob@contoso.com", Confirm=False)
+        result_size = run(pool, "Get-BlockedSenderAddress", ResultSize="Unlimited")
+        vanity = run(pool, "Connect-ExchangeOnline", **{**APP, "Organization": "contoso.com"})
+        not_a_guid = run(pool, "Connect-ExchangeOnline", **{**APP, "AppId": "unblock-app"})
+    assert confirm.failed
+    assert confirm.error_ids == ["NamedParameterNotFound,Remove-BlockedSenderAddress"]
+    assert confirm.messages == ["A parameter cannot be found that matches parameter name 'Confirm'."]
+    assert result_size.error_ids == ["NamedParameterNotFound,Get-BlockedSenderAddress"]
+    assert vanity.failed
+    assert "initial domain" in vanity.messages[0]
+    assert not_a_guid.failed
+    assert len(sandbox.tenant.listed()) == len(DEMO_RESTRICTED)  # nothing was unblocked
+
+
+# --- the investigation reads -----------------------------------------------------------------------
+
+
+def test_the_investigation_reads_bind_only_their_documented_parameters(sandbox: SandboxServer) -> None:
+    """Get-MgUserOauth2PermissionGrant needs -UserId; the tenant-wide list has none; Get-MailboxPermission
+    has no -ResultSize... each refusal is PowerShell's binding error, not a sandbox invention."""
+    with open_pool(sandbox) as pool:
+        no_user = run(pool, "Get-MgOauth2PermissionGrant", UserId="victor@contoso.com")
+        hidden_typo = run(pool, "Get-InboxRule", Mailbox="rob@contoso.com", IncludeHiden=True)
+        listed = run(pool, "Get-MgOauth2PermissionGrant", All=True)
+    assert no_user.failed
+    assert no_user.error_ids[0].startswith("NamedParameterNotFound")
+    assert hidden_typo.failed
+    assert hidden_typo.error_ids[0].startswith("NamedParameterNotFound")
+    assert not listed.failed
+    assert len(listed.output) == 1
+
+
+def test_consents_filter_by_principal_and_refuse_what_is_not_emulated(sandbox: SandboxServer) -> None:
+    victor = sandbox.tenant.find_user("victor@contoso.com")
+    assert victor is not None
+    with open_pool(sandbox) as pool:
+        mine = run(pool, "Get-MgOauth2PermissionGrant", Filter=f"principalId eq '{victor.object_id}'", All=True)
+        nobody = run(
+            pool, "Get-MgOauth2PermissionGrant", Filter="principalId eq '00000000-0000-4000-8000-999999999999'"
+        )
+        unknown = run(pool, "Get-MgOauth2PermissionGrant", Filter="startswith(scope, 'Mail')")
+    assert not mine.failed
+    assert mine.prop(0, "Scope").split() == ["Mail.ReadWrite", "offline_access", "User.Read"]
+    assert mine.prop(0, "PrincipalId") == victor.object_id
+    assert not nobody.failed
+    assert nobody.output == []
+    assert unknown.failed
+    assert "does not emulate" in unknown.messages[0]
+
+
+def test_sign_in_methods_keep_their_graph_json_in_additional_properties(sandbox: SandboxServer) -> None:
+    with open_pool(sandbox) as pool:
+        result = run(pool, "Get-MgUserAuthenticationMethod", UserId="victor@contoso.com", All=True)
+        missing = run(pool, "Get-MgUserAuthenticationMethod", UserId="zed@contoso.com")
+    assert not result.failed
+    types = [result.prop(i, "AdditionalProperties")["@odata.type"] for i in range(len(result.output))]
+    assert types == [
+        "#microsoft.graph.passwordAuthenticationMethod",
+        "#microsoft.graph.microsoftAuthenticatorAuthenticationMethod",
+    ]
+    assert "createdDateTime" in result.prop(1, "AdditionalProperties")
+    assert "Request_ResourceNotFound" in missing.error_ids[0]
+
+
+def test_hidden_rules_need_include_hidden(sandbox: SandboxServer) -> None:
+    sandbox.tenant.add_inbox_rule("ben@contoso.com", "x", hidden=True, delete_message=True)
+    with open_pool(sandbox) as pool:
+        shown = run(pool, "Get-InboxRule", Mailbox="ben@contoso.com")
+        everything = run(pool, "Get-InboxRule", Mailbox="ben@contoso.com", IncludeHidden=True)
+    assert shown.output == []
+    assert [everything.prop(0, "Name"), everything.prop(0, "DeleteMessage")] == ["x", True]
+
+
+def test_mailbox_and_recipient_permissions(sandbox: SandboxServer) -> None:
+    sandbox.tenant.add_mailbox_permission("ann@contoso.com", "ben@contoso.com", ("FullAccess",))
+    with open_pool(sandbox) as pool:
+        full = run(pool, "Get-MailboxPermission", Identity="ann@contoso.com")
+        send_as = run(pool, "Get-RecipientPermission", Identity="ann@contoso.com")
+        missing = run(pool, "Get-MailboxPermission", Identity="zed@contoso.com")
+    assert [full.prop(i, "User") for i in range(len(full.output))] == ["NT AUTHORITY\\SELF", "ben@contoso.com"]
+    assert send_as.prop(0, "AccessRights") == ["SendAs"]
+    assert "zed@contoso.com" in missing.messages[0]

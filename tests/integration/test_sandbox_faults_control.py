@@ -12,34 +12,44 @@ from pypsrp.powershell import PowerShell
 from service.sandbox.control import LoopbackOnly, build_control_app
 from service.sandbox.server import SandboxServer
 from service.sandbox.shells import ShellRegistry
-from service.sandbox.tenant import Tenant
+from service.sandbox.tenant import DEMO_RESTRICTED, Tenant
 from tests.sandbox_client import open_pool, run
 
 
 def test_transient_fault_fails_the_pipeline_once(sandbox: SandboxServer, control: httpx.Client) -> None:
-    """kind=transient: a terminating 503-style error, then the command works again."""
+    """kind=transient: a terminating 503-style error in each family's shape, then the command works again."""
     control.post("/faults", json={"cmdlet": "Get-BlockedSenderAddress", "kind": "transient", "times": 1})
+    control.post("/faults", json={"cmdlet": "Get-MgUser", "kind": "transient", "times": 1})
     with open_pool(sandbox) as pool:
         first = run(pool, "Get-BlockedSenderAddress")
         second = run(pool, "Get-BlockedSenderAddress")
+        graph = run(pool, "Get-MgUser", UserId="rob@contoso.com")
     assert first.failed
-    assert first.error_ids == ["ServerUnavailable,Get-BlockedSenderAddress"]
-    assert first.errors[0].category == 27  # ConnectionError
+    assert first.error_ids[0].endswith("],Write-ErrorMessage")
+    assert "(503) Server Unavailable" in first.messages[0]
     assert not second.failed
-    assert len(second.output) == 3
+    assert len(second.output) == len(DEMO_RESTRICTED)
+    assert graph.error_ids == ["ServiceUnavailable,Microsoft.Graph.PowerShell.Cmdlets.GetMgUser_Get"]
 
 
-def test_throttled_fault_says_when_to_retry(sandbox: SandboxServer, control: httpx.Client) -> None:
-    """kind=throttled: a non-terminating error naming Retry-After."""
-    control.post("/config", json={"throttle_retry_after_s": 7})
-    control.post("/faults", json={"cmdlet": "*", "kind": "throttled", "times": 2})
-    with open_pool(sandbox, connect=False) as pool:
-        connect = run(pool, "Connect-ExchangeOnline", AppId="a", CertificateThumbprint="b", Organization="contoso.com")
-        listed = run(pool, "Get-AcceptedDomain")
-    assert connect.error_ids == ["TooManyRequests,Connect-ExchangeOnline"]
-    assert not connect.failed
-    assert "Retry-After: 7 seconds" in connect.messages[0]
-    assert listed.error_ids == ["CommandNotFoundException"]  # the connect never happened
+def test_throttled_fault_in_each_family(sandbox: SandboxServer, control: httpx.Client) -> None:
+    """kind=throttled: Exchange slows the command down with a "Micro delay applied" WARNING and still runs
+    it; Graph answers 429 TooManyRequests with Retry-After in the error details and does not run it."""
+    control.post("/config", json={"throttle_retry_after_s": 2})
+    control.post("/faults", json={"cmdlet": "Get-AcceptedDomain", "kind": "throttled", "times": 1})
+    control.post("/faults", json={"cmdlet": "Revoke-MgUserSignInSession", "kind": "throttled", "times": 1})
+    with open_pool(sandbox) as pool:
+        exchange = run(pool, "Get-AcceptedDomain")
+        graph = run(pool, "Revoke-MgUserSignInSession", UserId="rob@contoso.com")
+    assert not exchange.failed
+    assert exchange.errors == []
+    assert len(exchange.output) == 2  # it ran
+    assert str(exchange.warnings[0].message).startswith("Micro delay applied.")
+    assert graph.error_ids == ["TooManyRequests,Microsoft.Graph.PowerShell.Cmdlets.RevokeMgUserSignInSession_Revoke"]
+    assert "Retry-After : 2" in str(graph.errors[0].details_message)
+    user = sandbox.tenant.find_user("rob@contoso.com")
+    assert user is not None
+    assert user.sessions_revoked_at is None
 
 
 def test_fatal_fault(sandbox: SandboxServer, control: httpx.Client) -> None:
@@ -86,8 +96,8 @@ def test_faults_are_used_up_and_wildcards_match_any_command(sandbox: SandboxServ
     with open_pool(sandbox) as pool:
         control.post("/faults", json={"cmdlet": "*", "kind": "transient", "times": 2})
         outcomes = [run(pool, name).error_ids for name in ("Get-AcceptedDomain", "Get-Mailbox", "Get-AcceptedDomain")]
-    assert outcomes[0] == ["ServerUnavailable,Get-AcceptedDomain"]
-    assert outcomes[1] == ["ServerUnavailable,Get-Mailbox"]
+    assert outcomes[0][0].endswith("],Write-ErrorMessage")
+    assert outcomes[1][0].endswith("],Write-ErrorMessage")
     assert outcomes[2] == []  # used up
     assert control.get("/state").json()["faults"] == []
 
@@ -125,8 +135,10 @@ def test_the_call_log_records_every_command_in_order(sandbox: SandboxServer, con
 def test_control_api_arranges_the_tenant(sandbox: SandboxServer, control: httpx.Client) -> None:
     """state, users, senders and reset behave as the contract says."""
     state = control.get("/state").json()
-    assert {u["upn"] for u in state["users"]} == {f"{n}@contoso.com" for n in ("rob", "laura", "julia", "ann", "ben")}
-    assert {s["address"] for s in state["senders"]} == {f"{n}@contoso.com" for n in ("rob", "laura", "julia")}
+    assert {u["upn"] for u in state["users"]} == {
+        f"{n}@contoso.com" for n in ("rob", "laura", "julia", "ann", "ben", "victor")
+    }
+    assert {s["address"] for s in state["senders"]} == set(DEMO_RESTRICTED)
     assert state["shells"] == 0
 
     assert control.post("/users", json={"upn": "kim@contoso.com", "on_premises_sync": True}).status_code == 201
@@ -144,12 +156,12 @@ def test_control_api_arranges_the_tenant(sandbox: SandboxServer, control: httpx.
     assert control.get("/users/nobody@contoso.com").status_code == 404
 
     assert control.post("/senders", json={"address": "kim@contoso.com", "temporary_block": True}).status_code == 201
-    assert len(control.get("/state").json()["senders"]) == 4
+    assert len(control.get("/state").json()["senders"]) == len(DEMO_RESTRICTED) + 1
 
     assert control.post("/reset", json={"seed": "empty"}).json() == {"seed": "empty"}
     assert control.get("/state").json()["users"] == []
     control.post("/reset", json={"seed": "demo"})
-    assert len(control.get("/state").json()["users"]) == 5
+    assert len(control.get("/state").json()["users"]) == 6
 
 
 @pytest.mark.parametrize(
@@ -193,3 +205,37 @@ async def test_control_api_is_loopback_only(host: str, status: int) -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
         response = await client.get("/_sandbox/state")
     assert response.status_code == status
+
+
+FORWARDED_LOOPBACK = [
+    ("x-forwarded-for", "127.0.0.1"),
+    ("x-forwarded-proto", "http"),
+    ("forwarded", "for=127.0.0.1"),
+    ("x-real-ip", "127.0.0.1"),
+]
+
+
+async def _control_state(app: object, peer: str) -> int:
+    """GET /_sandbox/state through ``app`` as a connection from ``peer`` that claims to come from loopback."""
+    transport = httpx.ASGITransport(app=app, client=(peer, 5555))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+        response = await client.get("/_sandbox/state", headers=dict(FORWARDED_LOOPBACK))
+    return response.status_code
+
+
+async def test_forwarded_headers_do_not_make_a_remote_peer_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox's server, as uvicorn assembles it, judges the socket peer even if every proxy is trusted.
+
+    FORWARDED_ALLOW_IPS=* is what would let uvicorn's proxy-header middleware rewrite the client
+    from X-Forwarded-For; the sandbox turns proxy headers off, so a remote peer claiming
+    127.0.0.1 is still refused, and a loopback peer is still let in.
+    """
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    server = SandboxServer(port=0)
+    config = server._config()
+    assert config.proxy_headers is False
+    config.load()
+    assert await _control_state(config.loaded_app, "203.0.113.9") == 403
+    assert await _control_state(config.loaded_app, "10.1.2.3") == 403
+    assert await _control_state(config.loaded_app, "127.0.0.1") == 200
+    assert await _control_state(server.app.control, "203.0.113.9") == 403

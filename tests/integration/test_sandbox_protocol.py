@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
-from pypsrp.exceptions import AuthenticationError, WSManFaultError
+from pypsrp.exceptions import AuthenticationError, InvalidPSRPOperation, WSManFaultError
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.serializer import TaggedValue
 from pypsrp.shell import WinRS
@@ -16,7 +16,8 @@ from pypsrp.wsman import SelectorSet
 
 from service.sandbox import wsman as w
 from service.sandbox.server import SandboxServer
-from tests.sandbox_client import open_pool, run, wsman_for
+from service.sandbox.tenant import DEMO_RESTRICTED
+from tests.sandbox_client import APP, open_pool, run, wsman_for
 
 
 def test_open_and_close_a_runspace_pool(sandbox: SandboxServer) -> None:
@@ -87,33 +88,64 @@ def test_an_idle_receive_times_out_with_the_operation_timeout_fault(sandbox: San
         ps.stop()
 
 
-def test_a_repeated_receive_gets_the_same_data_again(sandbox: SandboxServer) -> None:
-    """pypsrp re-sends a Receive after a read timeout; the server answers it again with the same data."""
-    with open_pool(sandbox) as pool:
-        exchanges: list[tuple[bytes, bytes]] = []
-        transport = pool.connection.transport
-        original = transport.send
+def _with_operation_id(message: bytes, operation_id: str) -> bytes:
+    """Add MS-WSMV's wsmv:OperationID header, as a client using robust connections does."""
+    envelope = ET.fromstring(message)
+    header = envelope.find("s:Header", w.NS)
+    assert header is not None
+    ET.SubElement(header, w.q("wsmv", "OperationID")).text = operation_id
+    return ET.tostring(envelope)
 
-        def recording(message: bytes, **kwargs: object) -> bytes:
-            answer = original(message, **kwargs)  # type: ignore[arg-type]
+
+def _receives_of_one_query(pool: RunspacePool, *, operation_id: str | None) -> list[tuple[bytes, bytes]]:
+    """Run Get-BlockedSenderAddress and return each (Receive request, answer) that went over the wire."""
+    exchanges: list[tuple[bytes, bytes]] = []
+    transport = pool.connection.transport
+    original = transport.send
+
+    def recording(message: bytes, **kwargs: object) -> bytes:
+        if operation_id and w.Action.RECEIVE.encode() in message:
+            message = _with_operation_id(message, operation_id)
+        answer = original(message, **kwargs)  # type: ignore[arg-type]
+        if w.Action.RECEIVE.encode() in message:
             exchanges.append((message, answer))
-            return answer
+        return answer
 
-        transport.send = recording  # type: ignore[method-assign]
-        ps = PowerShell(pool)
-        ps.add_cmdlet("Get-BlockedSenderAddress").add_parameter("SenderAddress", "rob@contoso.com")
-        assert len(ps.invoke()) == 1
-        message, answer = [(m, a) for m, a in exchanges if w.Action.RECEIVE.encode() in m][-1]
-        replay = httpx.post(
-            sandbox.url,
-            content=message,
-            auth=("sandbox", "sandbox"),
-            headers={"Content-Type": "application/soap+xml;charset=UTF-8"},
-        )
-        ps.close()
+    transport.send = recording  # type: ignore[method-assign]
+    ps = PowerShell(pool)
+    ps.add_cmdlet("Get-BlockedSenderAddress").add_parameter("SenderAddress", "rob@contoso.com")
+    assert len(ps.invoke()) == 1
+    transport.send = original  # type: ignore[method-assign]
+    return exchanges
+
+
+def _resend(sandbox: SandboxServer, message: bytes) -> httpx.Response:
+    return httpx.post(
+        sandbox.url,
+        content=message,
+        auth=("sandbox", "sandbox"),
+        headers={"Content-Type": "application/soap+xml;charset=UTF-8"},
+    )
+
+
+def test_a_resent_receive_with_the_same_operation_id_gets_the_same_data_again(sandbox: SandboxServer) -> None:
+    """MS-WSMV robust connections: a Receive resent with its wsmv:OperationID is answered with the same data."""
+    with open_pool(sandbox) as pool:
+        message, answer = _receives_of_one_query(pool, operation_id="uuid:4C9B7D0E-0000-4000-8000-000000000001")[-1]
+        replay = _resend(sandbox, message)
     assert replay.status_code == 200
     assert replay.content == answer
     assert ET.fromstring(replay.content).findall(".//rsp:Stream", w.NS)
+
+
+def test_a_resent_receive_without_an_operation_id_is_a_new_receive(sandbox: SandboxServer) -> None:
+    """Without wsmv:OperationID, Windows treats a resend as a new Receive: data already sent is not sent again."""
+    with open_pool(sandbox) as pool:
+        message, answer = _receives_of_one_query(pool, operation_id=None)[-1]
+        again = _resend(sandbox, message)
+    assert again.status_code == 200
+    assert again.content != answer
+    assert ET.fromstring(again.content).findall(".//rsp:Stream", w.NS) == []
 
 
 def test_max_runspaces_bounds_concurrent_pipelines(sandbox: SandboxServer) -> None:
@@ -139,14 +171,61 @@ def test_max_runspaces_bounds_concurrent_pipelines(sandbox: SandboxServer) -> No
     assert serial > 0.85, serial
 
 
+def test_sequential_pipelines_in_a_growable_pool_share_one_runspace(sandbox: SandboxServer) -> None:
+    """As on Windows (RunspacePoolInternal hands out free runspaces from a stack): connect once in a
+    min=1,max=4 pool, and every later sequential pipeline finds that connection."""
+    client = wsman_for(sandbox)
+    with RunspacePool(client, min_runspaces=1, max_runspaces=4) as pool:
+        assert not run(pool, "Connect-ExchangeOnline", ShowBanner=False, **APP).failed
+        results = [run(pool, "Get-BlockedSenderAddress", SenderAddress="rob@contoso.com") for _ in range(5)]
+    assert all(not r.failed and len(r.output) == 1 for r in results)
+    assert len({call.runspace for call in sandbox.tenant.calls}) == 1
+    client.close()
+
+
+def test_a_pool_opens_min_runspaces_and_grows_on_demand_to_max(sandbox: SandboxServer) -> None:
+    """GetAvailableRunspaces counts free runspaces plus those still to be created; concurrent pipelines
+    create runspaces up to MaxRunspaces and no further."""
+    sandbox.tenant.configure({"latency_ms": {"Connect-ExchangeOnline": 300}})
+    client = wsman_for(sandbox)
+    with RunspacePool(client, min_runspaces=1, max_runspaces=3) as pool:
+        assert pool.get_available_runspaces() == 3
+        flight = []
+        for _ in range(5):
+            ps = PowerShell(pool)
+            ps.add_cmdlet("Connect-ExchangeOnline").add_parameters({**APP, "ShowBanner": False})
+            ps.begin_invoke()
+            flight.append(ps)
+        for ps in flight:
+            ps.end_invoke()
+            ps.close()
+        assert pool.get_available_runspaces() == 3  # all three exist now, and are free
+    assert len({call.runspace for call in sandbox.tenant.calls}) == 3
+    client.close()
+
+
+def test_set_min_and_max_runspaces_refuse_impossible_values(sandbox: SandboxServer) -> None:
+    """SetMinRunspaces needs 1 <= min <= max, SetMaxRunspaces needs max >= min; lowering max drops idle runspaces."""
+    client = wsman_for(sandbox)
+    with RunspacePool(client, min_runspaces=1, max_runspaces=4) as pool:
+        with pytest.raises(InvalidPSRPOperation):
+            pool.min_runspaces = 5  # above max
+        with pytest.raises(InvalidPSRPOperation):
+            pool.min_runspaces = 0
+        pool.min_runspaces = 2
+        with pytest.raises(InvalidPSRPOperation):
+            pool.max_runspaces = 1  # below min
+        pool.max_runspaces = 2
+        assert pool.get_available_runspaces() == 2
+    client.close()
+
+
 def test_each_runspace_keeps_its_own_connection(sandbox: SandboxServer) -> None:
     """Module state is per runspace: connecting one runspace of a pool does not connect the others."""
     with open_pool(sandbox, connect=False, max_runspaces=2) as pool:
         sandbox.tenant.configure({"latency_ms": {"Connect-ExchangeOnline": 200}})
         first = PowerShell(pool)
-        first.add_cmdlet("Connect-ExchangeOnline").add_parameters(
-            {"AppId": "a", "CertificateThumbprint": "b", "Organization": "contoso.com", "ShowBanner": False}
-        )
+        first.add_cmdlet("Connect-ExchangeOnline").add_parameters({**APP, "ShowBanner": False})
         first.begin_invoke()
         # while runspace 1 is busy connecting, this pipeline gets runspace 2, which is not connected
         result = run(pool, "Get-AcceptedDomain")
@@ -206,7 +285,7 @@ def test_tls_with_a_generated_certificate(tmp_path) -> None:  # type: ignore[no-
     with SandboxServer(port=0, tls=True) as server:
         assert server.url.startswith("https://")
         with open_pool(server) as pool:
-            assert len(run(pool, "Get-BlockedSenderAddress").output) == 3
+            assert len(run(pool, "Get-BlockedSenderAddress").output) == len(DEMO_RESTRICTED)
         assert server.shells == 0
 
 
@@ -222,14 +301,7 @@ def test_ten_clients_run_a_thousand_commands_without_error_or_leak(sandbox: Sand
                 connects = []  # connect every runspace: four connects in flight at once
                 for _ in range(4):
                     ps = PowerShell(pool)
-                    ps.add_cmdlet("Connect-ExchangeOnline").add_parameters(
-                        {
-                            "AppId": "a",
-                            "CertificateThumbprint": "b",
-                            "Organization": "contoso.com",
-                            "ShowBanner": False,
-                        }
-                    )
+                    ps.add_cmdlet("Connect-ExchangeOnline").add_parameters({**APP, "ShowBanner": False})
                     ps.begin_invoke()
                     connects.append(ps)
                 for ps in connects:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -19,15 +21,16 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.routing import APIRoute
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 from structlog.testing import capture_logs
 
 from service.cli import main as cli_main
+from service.domain.audit import key_id as audit_key_id
 from service.persistence import audit, credentials
 from service.persistence.db import sync_url
 from service.sandbox.server import SandboxServer
 from service.security.sealing import Sealer, SealingError
-from tests.stack import Stack, make_key, running_stack
+from tests.stack import SECRET, Stack, make_key, running_stack
 
 PROBLEM = "application/problem+json"
 
@@ -57,8 +60,16 @@ def _concrete(path: str) -> str:
 # --- scopes on every route ----------------------------------------------------------------------------
 
 
-async def test_every_route_declares_a_scope_and_enforces_it(stack: Stack) -> None:
-    """Walk the route table: each /v1 route names its scope; no credentials is 401, another scope is 403."""
+async def test_every_route_declares_a_scope_and_enforces_it(database_url: str, sandbox: SandboxServer) -> None:
+    """Walk the route table: each /v1 route names its scope; no credentials is 401, another scope is 403.
+
+    (Its many anonymous requests would meet the per-address limit on failed authentications; that
+    limit has its own test, so here it is raised.)"""
+    async with running_stack(database_url, sandbox, worker=False, auth_failure_limit="10000/minute") as stack:
+        await _walk_routes(stack)
+
+
+async def _walk_routes(stack: Stack) -> None:
     routes = _routes(stack)
     assert len(routes) >= 8
     scopes = {
@@ -67,10 +78,14 @@ async def test_every_route_declares_a_scope_and_enforces_it(stack: Stack) -> Non
     }
     assert all(scopes.values()), f"routes without a declared scope: {[k for k, v in scopes.items() if not v]}"
     spec = (await stack.client.get("/openapi.json")).json()
+    wrong_keys: dict[str, str] = {}  # one per scope: key names are unique
     for route in routes:
         scope = route.openapi_extra["x-required-scope"]  # type: ignore[index]
-        others = sorted({"cases:read", "cases:write", "senders:read", "admin"} - {scope})
-        wrong_key = await make_key(stack.runtime, f"not-{scope}", others[:1])
+        accepted = {scope, *route.openapi_extra.get("x-also-accepted-scopes", [])}  # type: ignore[union-attr]
+        others = sorted({"cases:read", "cases:write", "senders:read", "admin"} - accepted)
+        if scope not in wrong_keys:
+            wrong_keys[scope] = await make_key(stack.runtime, f"not-{scope}", others[:1])
+        wrong_key = wrong_keys[scope]
         for method in route.methods or []:
             path = _concrete(route.path)
             anonymous = await stack.client.request(method, path, json={}, headers={"Authorization": ""})
@@ -92,7 +107,7 @@ async def test_revoked_and_expired_keys_are_refused(database_url: str, sandbox: 
 
     async with running_stack(database_url, sandbox, worker=False) as stack:
         revoked = await make_key(stack.runtime, "old", ["cases:read"])
-        await key_rows.revoke_key(stack.runtime.db, key_id=revoked[:12], actor="test")
+        await key_rows.revoke_key(stack.runtime.db, key_id=revoked[:12], signer=stack.runtime.audit_signer)
         expired = generate_key()
         await key_rows.create_key(
             stack.runtime.db,
@@ -101,6 +116,7 @@ async def test_revoked_and_expired_keys_are_refused(database_url: str, sandbox: 
             key_hash=expired.key_hash,
             scopes=["cases:read"],
             expires_at=datetime.now(UTC) - timedelta(minutes=1),
+            signer=stack.runtime.audit_signer,
         )
     async with running_stack(database_url, sandbox, worker=False) as stack:
         for key in (revoked, expired.plaintext):
@@ -192,6 +208,129 @@ async def test_oidc_tokens_are_a_second_way_in(database_url: str, sandbox: Sandb
         )
         assert created.status_code == 201
         assert created.json()["created_by"] == "ServiceNow"
+
+
+async def test_oidc_pins_issuer_audience_and_tenant(database_url: str, sandbox: SandboxServer, jwks: _Jwks) -> None:
+    """Entra ID signs every tenant's tokens with the same keys: another tenant's token (other tid), a token
+    without iss or aud, or for another audience is refused; the principal is issuer + subject, not a name."""
+    oidc = {
+        "oidc_jwks_url": jwks.url,
+        "oidc_issuer": "https://login.example/t1/v2.0",
+        "oidc_audience": "api://unblock",
+        "oidc_tenant_id": "11111111-0000-0000-0000-000000000001",
+    }
+    async with running_stack(database_url, sandbox, worker=False, **oidc) as stack:
+
+        async def get(token: str) -> int:
+            return (await stack.client.get("/v1/cases", headers={"Authorization": f"Bearer {token}"})).status_code
+
+        ours = {"roles": ["cases:read"], "tid": "11111111-0000-0000-0000-000000000001"}
+        assert await get(jwks.token(**ours)) == 200
+        assert await get(jwks.token(**{**ours, "tid": "22222222-0000-0000-0000-000000000002"})) == 401
+        assert await get(jwks.token(roles=["cases:read"])) == 401  # no tid at all
+        for missing in ("iss", "aud", "exp"):
+            payload = jwt.decode(jwks.token(**ours), options={"verify_signature": False})
+            payload.pop(missing)
+            stripped = jwt.encode(payload, jwks.key, algorithm="RS256", headers={"kid": "k1"})
+            assert await get(stripped) == 401, missing
+
+
+async def test_oidc_tenants_claim_limits_a_token_to_its_tenants(
+    database_url: str, sandbox: SandboxServer, jwks: _Jwks
+) -> None:
+    """With UNBLOCK_OIDC_TENANTS_CLAIM a token sees only the tenants its claim names (an array or a
+    space-separated string), as a key made with --tenant does; a token without the claim, with an
+    empty or malformed one, or naming a bad tenant is 401, and so is one that also carries admin."""
+    oidc = {
+        "oidc_jwks_url": jwks.url,
+        "oidc_issuer": "https://login.example/t1/v2.0",
+        "oidc_audience": "api://unblock",
+        "oidc_tenants_claim": "unblock_tenants",
+    }
+    async with running_stack(database_url, sandbox, worker=False, **oidc) as stack:
+        case = await stack.open("rob@contoso.com")  # the stack's (unlimited) key; tenant default
+        assert case["tenant"] == "default"
+
+        async def get(path: str, **claims: Any) -> httpx.Response:
+            token = jwks.token(**claims)
+            return await stack.client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+        fabrikam = {"roles": ["cases:read"], "unblock_tenants": ["fabrikam"]}
+        listed = await get("/v1/cases", **fabrikam)
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["items"] == []
+        assert (await get(f"/v1/cases/{case['id']}", **fabrikam)).status_code == 404
+        for both in (["fabrikam", "default"], "fabrikam default", " Default "):
+            seen = await get("/v1/cases", roles=["cases:read"], unblock_tenants=both)
+            assert [c["id"] for c in seen.json()["items"]] == [case["id"]], both
+            assert (await get(f"/v1/cases/{case['id']}", roles=["cases:read"], unblock_tenants=both)).status_code == 200
+
+        refused: list[tuple[dict[str, Any], str]] = [
+            ({"roles": ["cases:read"]}, "no unblock_tenants claim"),
+            ({"roles": ["cases:read"], "unblock_tenants": []}, "names no tenant"),
+            ({"roles": ["cases:read"], "unblock_tenants": "  "}, "names no tenant"),
+            ({"roles": ["cases:read"], "unblock_tenants": ["Bad_Name"]}, "invalid tenant"),
+            ({"roles": ["cases:read"], "unblock_tenants": [7]}, "must be a list of tenant names"),
+            ({"roles": ["cases:read"], "unblock_tenants": {"fabrikam": True}}, "must be a list of tenant names"),
+            ({"roles": ["cases:read"], "unblock_tenants": None}, "must be a list of tenant names"),
+            ({"roles": ["admin", "cases:read"], "unblock_tenants": ["fabrikam"]}, "cannot carry admin"),
+        ]
+        for claims, detail in refused:
+            response = await get("/v1/cases", **claims)
+            assert response.status_code == 401, claims
+            assert response.json()["type"] == "/problems/unauthenticated"
+            assert detail in response.json()["detail"], (claims, response.json())
+
+
+async def test_without_the_tenants_claim_setting_tokens_see_every_tenant(
+    database_url: str, sandbox: SandboxServer, jwks: _Jwks
+) -> None:
+    """Unset (the default), a claim of that name in a token means nothing: tokens are not limited."""
+    oidc = {"oidc_jwks_url": jwks.url, "oidc_issuer": "https://login.example/t1/v2.0", "oidc_audience": "api://unblock"}
+    async with running_stack(database_url, sandbox, worker=False, **oidc) as stack:
+        case = await stack.open("rob@contoso.com")
+        token = jwks.token(roles=["cases:read", "admin"], unblock_tenants=["fabrikam"])
+        seen = await stack.client.get("/v1/cases", headers={"Authorization": f"Bearer {token}"})
+        assert [c["id"] for c in seen.json()["items"]] == [case["id"]]
+
+
+@pytest.mark.parametrize("missing", ["UNBLOCK_OIDC_ISSUER", "UNBLOCK_OIDC_AUDIENCE"])
+def test_a_jwks_url_without_issuer_and_audience_is_refused_at_start(
+    missing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refusing to start beats accepting every Entra tenant's tokens: one line naming what is missing."""
+    from service.config import SettingsError, load_settings
+
+    monkeypatch.setenv("UNBLOCK_OIDC_JWKS_URL", "https://login.microsoftonline.com/common/discovery/v2.0/keys")
+    for name in ("UNBLOCK_OIDC_ISSUER", "UNBLOCK_OIDC_AUDIENCE"):
+        if name != missing:
+            monkeypatch.setenv(name, "x")
+    with pytest.raises(SettingsError, match=f"^{missing}: required with UNBLOCK_OIDC_JWKS_URL"):
+        load_settings()
+
+
+async def test_failed_authentications_are_limited_per_client_address(database_url: str, sandbox: SandboxServer) -> None:
+    """Guessing keys: after the limit of failures an address gets 429 with Retry-After. Behind a trusted
+    proxy each client has its own bucket; from an untrusted peer, X-Forwarded-For changes nothing."""
+    options = {"auth_failure_limit": "3/minute", "trusted_proxies": ["127.0.0.0/8"]}
+    async with running_stack(database_url, sandbox, worker=False, **options) as stack:
+
+        async def attempt(client: str, key: str = "ubk_aaaaaaaa_" + "x" * 43) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": client}
+            return await stack.client.get("/v1/cases", headers=headers)
+
+        assert [(await attempt("198.51.100.1")).status_code for _ in range(3)] == [401, 401, 401]
+        blocked = await attempt("198.51.100.1")
+        assert blocked.status_code == 429
+        assert int(blocked.headers["retry-after"]) >= 1
+        assert (await attempt("198.51.100.1", stack.key)).status_code == 429  # the address is locked out
+        assert (await attempt("198.51.100.2")).status_code == 401  # another client behind the proxy
+        assert (await attempt("198.51.100.2", stack.key)).status_code == 200
+    async with running_stack(database_url, sandbox, worker=False, auth_failure_limit="3/minute") as stack:
+        for client in ("198.51.100.1", "198.51.100.2", "198.51.100.3"):  # ignored: the peer is not trusted
+            headers = {"Authorization": "Bearer nope", "X-Forwarded-For": client}
+            assert (await stack.client.get("/v1/cases", headers=headers)).status_code == 401
+        assert (await stack.client.get("/v1/cases", headers={"X-Forwarded-For": "192.0.2.1"})).status_code == 429
 
 
 # --- hostile input --------------------------------------------------------------------------------------
@@ -341,10 +480,11 @@ async def test_the_audit_log_records_and_detects_tampering(
     assert actions[0] == "api_key.created"
     assert "credential.revealed" in actions
     assert all(r.actor for r in records)
-    count, broken = await audit.check(stack.runtime.db)
-    assert (count, broken) == (len(records), None)
+    report = await audit.check(stack.runtime.db, signer=stack.runtime.audit_signer)
+    assert (report.count, report.broken) == (len(records), None)
 
     monkeypatch.setenv("UNBLOCK_DATABASE_URL", database_url)
+    monkeypatch.setenv("UNBLOCK_SECRET_KEY", SECRET)
     assert await asyncio.to_thread(cli_main, ["audit", "verify"]) == 0
     assert "intact" in capsys.readouterr().out
     engine = create_engine(sync_url(database_url))
@@ -353,6 +493,152 @@ async def test_the_audit_log_records_and_detects_tampering(
     engine.dispose()
     assert await asyncio.to_thread(cli_main, ["audit", "verify"]) == 1
     assert "broken at record 1" in capsys.readouterr().err
+
+
+def _rewrite_chain(
+    database_url: str,
+    change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    sign: Callable[[str, dict[str, Any]], dict[str, str]],
+    *,
+    start: int = 1,
+) -> None:
+    """Rewrite the audit log as someone with write access to the database would: change the rows,
+    then recompute the links from record ``start`` on with ``sign(previous, row)``."""
+    from service.persistence.models import AuditRecord
+
+    table = AuditRecord.__table__
+    engine = create_engine(sync_url(database_url))
+    with engine.begin() as connection:
+        rows = [dict(r._mapping) for r in connection.execute(select(table).order_by(table.c.seq))]
+        connection.execute(table.delete())
+        previous = "0" * 64
+        for row in change(rows):
+            if row["seq"] >= start:
+                row["prev_hash"] = previous
+                row.update(sign(previous, row))
+            previous = row["hash"]
+            connection.execute(table.insert().values(**row))
+    engine.dispose()
+
+
+def _public_canonical(row: dict[str, Any]) -> bytes:
+    """The chain's canonical form, which is no secret (this repository publishes it)."""
+    fields = {k: row[k] for k in ("seq", "actor", "action", "target", "detail")} | {"at": row["at"].isoformat()}
+    fields |= {k: row[k] for k in ("actor_kind", "actor_id") if k in row}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
+
+
+def _plain_sha256(previous: str, row: dict[str, Any]) -> dict[str, str]:
+    return {"hash": hashlib.sha256(previous.encode() + b"\n" + _public_canonical(row)).hexdigest()}
+
+
+def _hmac_with(key: bytes, *, key_id: str | None = None) -> Callable[[str, dict[str, Any]], dict[str, str]]:
+    def sign(previous: str, row: dict[str, Any]) -> dict[str, str]:
+        mac = hmac.new(key, previous.encode() + b"\n" + _public_canonical(row), hashlib.sha256).hexdigest()
+        return {"hash": mac, "key_id": key_id or audit_key_id(key)}
+
+    return sign
+
+
+def _verify(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli_main(["audit", "verify", *argv])
+    captured = capsys.readouterr()
+    return code, captured.err or captured.out
+
+
+def _three_keys_by_cli(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNBLOCK_DATABASE_URL", database_url)
+    monkeypatch.setenv("UNBLOCK_SECRET_KEY", SECRET)
+    for name in ("servicenow", "jira", "dashboard"):
+        assert cli_main(["keys", "create", "--name", name, "--scope", "cases:read"]) == 0
+
+
+def test_a_record_deleted_and_the_chain_recomputed_without_the_key_is_detected(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Delete record 2, renumber the rest and recompute every link with plain SHA-256 (all that a database
+    writer without the audit key can do): `audit verify` fails, in one line, at the first record rewritten."""
+    _three_keys_by_cli(database_url, monkeypatch)
+    assert _verify([], capsys)[0] == 0
+    _rewrite_chain(
+        database_url, lambda rows: [rows[0], *[r | {"seq": r["seq"] - 1} for r in rows[2:]]], _plain_sha256, start=2
+    )
+    code, err = _verify([], capsys)
+    assert code == 1, err
+    assert err.count("\n") == 1
+    assert err.startswith("unblock: error: audit log broken at record 2: its content does not match its MAC"), err
+
+
+def test_an_edited_record_re_signed_with_a_wrong_key_is_detected(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Edit record 2's actor and re-sign the chain from there with a key of one's own: whether the records
+    carry that key's id or claim the real one, `audit verify` names record 2 (re-signing with the real key,
+    the control, verifies: the forgery fails for want of the key, not of the format)."""
+    from service.config import derive_audit_key, load_settings
+
+    _three_keys_by_cli(database_url, monkeypatch)
+    real = load_settings().audit_keys[0]
+
+    def edit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r | {"actor": "someone-else"} if r["seq"] == 2 else r for r in rows]
+
+    _rewrite_chain(database_url, edit, _hmac_with(real), start=2)
+    assert _verify([], capsys)[0] == 0, "control: the test's canonical form is the service's"
+    wrong = derive_audit_key(b"\x07" * 32)
+    _rewrite_chain(database_url, edit, _hmac_with(wrong), start=2)
+    code, err = _verify([], capsys)
+    assert code == 1
+    assert "broken at record 2: it is signed with audit key id" in err, err
+    assert "none of the configured keys" in err
+    _rewrite_chain(database_url, edit, _hmac_with(wrong, key_id=audit_key_id(real)), start=2)
+    code, err = _verify([], capsys)
+    assert code == 1
+    assert "broken at record 2: its content does not match its MAC" in err, err
+
+
+async def test_records_name_the_principal_kind_and_id(database_url: str, sandbox: SandboxServer, jwks: _Jwks) -> None:
+    """Beside the display name, each record says what acted and its stable id: an API key's id, a token's
+    issuer and oid (else sub); two principals sharing a name stay apart."""
+    from service.persistence import keys as key_rows
+
+    oidc = {"oidc_jwks_url": jwks.url, "oidc_issuer": "https://login.example/t1/v2.0", "oidc_audience": "api://unblock"}
+    async with running_stack(database_url, sandbox, worker=False, **oidc) as stack:
+        body = {"url": "https://93.184.215.14/a", "events": ["*"]}  # a public address: no DNS question
+        by_key = await stack.client.post("/v1/webhooks", json=body)
+        assert by_key.status_code == 201, by_key.text
+        for claims in ({"oid": "8d2c-oid"}, {}):
+            token = jwks.token(roles=["admin"], app_displayname="servicedesk", **claims)
+            response = await stack.client.post("/v1/webhooks", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 201, response.text
+        records = [r for r in await audit.recent(stack.runtime.db) if r.action == "webhook.created"]
+        key = await key_rows.find_by_prefix(stack.runtime.db, prefix=stack.key[:12])
+        assert key is not None
+        assert [(r.actor, r.actor_kind, r.actor_id) for r in records] == [
+            ("servicedesk", "api_key", key.id),
+            ("servicedesk", "oidc", "https://login.example/t1/v2.0|oid:8d2c-oid"),
+            ("servicedesk", "oidc", "https://login.example/t1/v2.0|sub:app-1"),
+        ]
+        created = [r for r in await audit.recent(stack.runtime.db) if r.action == "api_key.created"]
+        assert (created[0].actor_kind, created[0].actor_id) == ("service", "system")
+
+
+async def test_api_key_names_are_unique(stack: Stack) -> None:
+    """A second key with a taken name is refused (even when both creates race: the unique index decides),
+    and the refused create leaves no audit record."""
+    from service.errors import ApiKeyNameTaken
+
+    before = len(await audit.recent(stack.runtime.db, limit=1000))
+    results = await asyncio.gather(
+        *(make_key(stack.runtime, "servicenow", ["cases:read"]) for _ in range(3)), return_exceptions=True
+    )
+    assert sum(isinstance(r, str) for r in results) == 1, results
+    assert all(isinstance(r, ApiKeyNameTaken) for r in results if not isinstance(r, str)), results
+    with pytest.raises(ApiKeyNameTaken, match="'servicedesk' already exists"):
+        await make_key(stack.runtime, "servicedesk", ["cases:read"])
+    assert len(await audit.recent(stack.runtime.db, limit=1000)) == before + 1
+    report = await audit.check(stack.runtime.db, signer=stack.runtime.audit_signer)
+    assert report.broken is None
 
 
 # --- headers --------------------------------------------------------------------------------------------

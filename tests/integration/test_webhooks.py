@@ -18,6 +18,8 @@ from tests.receiver import Receiver
 from tests.stack import Stack, running_stack
 
 FAST = {"webhook_retry_initial": 0.2, "webhook_retry_max": 0.5}
+# The test receiver listens on loopback, which webhooks may reach only when the operator says so.
+LOOPBACK = {"webhook_allow_networks": "127.0.0.0/8"}
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ async def test_every_delivery_is_signed_and_each_case_arrives_in_order(
     database_url: str, sandbox: SandboxServer, receiver: Receiver
 ) -> None:
     """Standard Webhooks signatures verify; per case: created, each state change in order, then resolved."""
-    async with running_stack(database_url, sandbox, **FAST) as stack:
+    async with running_stack(database_url, sandbox, **LOOPBACK, **FAST) as stack:
         subscription = await _subscribe(stack, receiver.url, ["*"])
         ids = [(await stack.open(m))["id"] for m in ("rob@contoso.com", "ann@contoso.com")]
         cases = [await stack.wait_for(i) for i in ids]
@@ -77,9 +79,11 @@ async def test_every_delivery_is_signed_and_each_case_arrives_in_order(
             assert events[-1]["type"] == "case.resolved"
             changes = [e for e in events if e["type"] == "case.state_changed"]
             states = [e["data"]["case"]["state"] for e in changes]
-            timeline = [e["to_state"] for e in await stack.events(case["id"]) if e["type"] == "state.changed"]
-            assert states == timeline
-            assert all(e["data"]["previous_state"] for e in changes)
+            timeline = [e for e in await stack.events(case["id"]) if e["type"] == "state.changed"]
+            assert states == [e["to_state"] for e in timeline]
+            # One shape for a state change: the webhook carries the timeline's detail unchanged.
+            assert [e["data"]["change"] for e in changes] == [e["detail"] for e in timeline]
+            assert all(set(e["data"]["change"]) == {"from", "to", "reason"} for e in changes)
         ids_seen = [r.headers["webhook-id"] for r in receiver.received]
         assert len(ids_seen) == len(set(ids_seen))
         assert all(r.headers["content-type"] == "application/json" for r in receiver.received)
@@ -87,7 +91,7 @@ async def test_every_delivery_is_signed_and_each_case_arrives_in_order(
 
 async def test_filters_only_send_what_was_asked(database_url: str, sandbox: SandboxServer, receiver: Receiver) -> None:
     """A subscription to terminal events gets exactly those."""
-    async with running_stack(database_url, sandbox, **FAST) as stack:
+    async with running_stack(database_url, sandbox, **LOOPBACK, **FAST) as stack:
         subscription = await _subscribe(stack, receiver.url, ["case.resolved", "case.failed"])
         ok = await stack.wait_for((await stack.open("ann@contoso.com"))["id"])
         bad = await stack.wait_for((await stack.open("zed@contoso.com"))["id"])
@@ -103,7 +107,7 @@ async def test_deliveries_survive_the_receiver_being_down(database_url: str, san
     """With the receiver gone, events wait and retry; when it returns they arrive, in order."""
     receiver = Receiver().start()
     port = receiver.port
-    async with running_stack(database_url, sandbox, **FAST) as stack:
+    async with running_stack(database_url, sandbox, **LOOPBACK, **FAST) as stack:
         subscription = await _subscribe(stack, receiver.url, ["*"])
         receiver.stop()
         case = await stack.wait_for((await stack.open("laura@contoso.com"))["id"])
@@ -112,6 +116,8 @@ async def test_deliveries_survive_the_receiver_being_down(database_url: str, san
         pending = (await stack.client.get(f"/v1/webhooks/{hook_id}/deliveries", params={"status": "pending"})).json()
         assert pending["items"]
         assert max(d["attempts"] for d in pending["items"]) >= 1
+        # what failed, as a category: the connection error's text would map the network for the subscriber
+        assert {d["last_error"] for d in pending["items"] if d["attempts"]} == {"connect_failed"}
         back = Receiver(port=port).start()
         try:
             await _until(lambda: any(json.loads(b)["type"] == "case.resolved" for b in back.bodies()), "the backlog")
@@ -125,7 +131,7 @@ async def test_deliveries_survive_the_receiver_being_down(database_url: str, san
 async def test_dead_letters_and_redelivery(database_url: str, sandbox: SandboxServer, receiver: Receiver) -> None:
     """A receiver that keeps failing: dead after the max age, listed, redelivered once it works."""
     receiver.status = 503
-    async with running_stack(database_url, sandbox, webhook_max_age=1.5, **FAST) as stack:
+    async with running_stack(database_url, sandbox, webhook_max_age=1.5, **LOOPBACK, **FAST) as stack:
         subscription = await _subscribe(stack, receiver.url, ["case.created"])
         await stack.open("ann@contoso.com")
         hook_id = subscription["id"]
@@ -140,6 +146,7 @@ async def test_dead_letters_and_redelivery(database_url: str, sandbox: SandboxSe
             await asyncio.sleep(0.2)
         assert letters[0]["event_type"] == "case.created"
         assert letters[0]["last_status_code"] == 503
+        assert letters[0]["last_error"] == "http_503"
         assert letters[0]["attempts"] >= 2
         receiver.status = 200
         redeliver = await stack.client.post(f"/v1/webhooks/{hook_id}/deliveries/{letters[0]['id']}/redeliver")
@@ -163,7 +170,9 @@ async def test_a_failing_receivers_backlog_does_not_look_due(
     at once, claim nothing, and spin on empty transactions until the receiver came back.
     """
     receiver.status = 503
-    async with running_stack(database_url, sandbox, webhook_retry_initial=60, webhook_retry_max=60) as stack:
+    async with running_stack(
+        database_url, sandbox, webhook_retry_initial=60, webhook_retry_max=60, **LOOPBACK
+    ) as stack:
         subscription = await _subscribe(stack, receiver.url, ["*"])
         case = await stack.open("ann@contoso.com")
         await stack.wait_for(case["id"])
@@ -188,7 +197,7 @@ async def test_a_failing_receivers_backlog_does_not_look_due(
 
 async def test_subscription_management(database_url: str, sandbox: SandboxServer, receiver: Receiver) -> None:
     """Create (secret once), list and get (no secret), delete (stops deliveries), bad URLs refused."""
-    async with running_stack(database_url, sandbox, worker=False) as stack:
+    async with running_stack(database_url, sandbox, worker=False, **LOOPBACK) as stack:
         created = await _subscribe(stack, receiver.url, ["case.created", "case.created"])
         assert created["events"] == ["case.created"]
         listed = (await stack.client.get("/v1/webhooks")).json()["items"]

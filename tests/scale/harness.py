@@ -53,8 +53,10 @@ def env_for(database_url: str, sandbox_port: int, **extra: str) -> dict[str, str
         "UNBLOCK_PS_BREAKER_INTERVAL": "2s",
         "UNBLOCK_PS_BREAKER_THRESHOLD": "3",
         "UNBLOCK_RATE_LIMIT": "100000/minute",
+        "UNBLOCK_AUTH_FAILURE_LIMIT": "100000/minute",  # the fuzzer sends bad credentials on purpose
         "UNBLOCK_LOG_FORMAT": "json",
         "UNBLOCK_LOG_LEVEL": "warning",
+        "UNBLOCK_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8",  # test receivers (and the fuzz's) are on loopback
     }
     values.update(extra)
     return values

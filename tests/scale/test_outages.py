@@ -1,10 +1,9 @@
-"""Outages: the tenant endpoint gone for a while, hanging, and PostgreSQL restarted mid-run."""
+"""Outages of the tenant endpoint: gone for a while, and hanging. (Database outages: test_database_outages.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -61,7 +60,8 @@ def _ready(cluster: Cluster) -> int:
 
 
 def test_the_endpoint_gone_for_a_while(database_url: str, tmp_path: Path, sandbox_server: SandboxServer) -> None:
-    """Tenant endpoint down mid-run: /readyz goes 503, cases wait without a storm of calls, then finish."""
+    """Tenant endpoint down mid-run: the API stays ready and accepts cases (it never talks to the runner host),
+    cases wait without a storm of calls from the workers, then finish."""
     outage = setting("UNBLOCK_TEST_OUTAGE_SECONDS", 30)
     total = int(setting("UNBLOCK_TEST_OUTAGE_CASES", 40))
     with cluster_for(database_url, tmp_path, sandbox_server.port, sandbox_server.base_url) as cluster:
@@ -76,10 +76,10 @@ def test_the_endpoint_gone_for_a_while(database_url: str, tmp_path: Path, sandbo
         counter = ConnectionCounter(sandbox_server.port)
         started = time.monotonic()
         try:
-            asyncio.run(create_cases(cluster, second))  # ALLOWED_DOMAINS: creating needs no tenant
-            wait_until(lambda: _ready(cluster) == 503, timeout=20, interval=1, what="/readyz to report the outage")
-            problem = httpx.get(f"{cluster.base}/readyz", timeout=10).json()
-            assert "powershell" in problem["failing"]
+            asyncio.run(create_cases(cluster, second))  # intake never needs the tenant
+            ready = httpx.get(f"{cluster.base}/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text  # a runner-host outage takes no API out of rotation
+            assert ready.json()["checks"] == {"database": "ok"}
             time.sleep(max(0.0, outage - (time.monotonic() - started)))
         finally:
             attempts = counter.close()
@@ -88,9 +88,9 @@ def test_the_endpoint_gone_for_a_while(database_url: str, tmp_path: Path, sandbo
         wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_TEST_SCALE_TIMEOUT", 240))
         check_invariants(cluster, mix)
         retries = cluster.query("SELECT count(*) FROM case_events WHERE type = 'step.retry_scheduled'")[0][0]
-        print(f"\n{outage:.0f}s outage: {attempts} connection attempts from 3 processes, {retries} retries scheduled")
-        # With the breaker, each process probes about once per interval (2 s): a few dozen attempts, not hundreds.
-        bound = 3 * (outage / 2 + 6) * 2
+        print(f"\n{outage:.0f}s outage: {attempts} connection attempts from 2 workers, {retries} retries scheduled")
+        # With the breaker, each worker probes about once per interval (2 s): a few dozen attempts, not hundreds.
+        bound = 2 * (outage / 2 + 6) * 2
         assert attempts <= bound, f"{attempts} connection attempts during a {outage}s outage (bound {bound:.0f})"
 
 
@@ -116,51 +116,3 @@ def test_every_command_hanging_for_a_while(database_url: str, tmp_path: Path, sa
         assert timeouts >= 1
         # two workers with four warm runspaces each; the API opens runspaces only on demand
         assert sandbox_server.shells <= 2 * 4 + 1, "hung shells must be closed, not left behind"
-
-
-def _pg(action: str) -> None:
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-def test_postgresql_restarted_mid_run(database_url: str, tmp_path: Path, sandbox_server: SandboxServer) -> None:
-    """PostgreSQL stopped mid-run: the API answers 503 problem+json, workers reconnect, nothing lost or doubled."""
-    total = int(setting("UNBLOCK_TEST_DBOUTAGE_CASES", 40))
-    with cluster_for(database_url, tmp_path, sandbox_server.port, sandbox_server.base_url) as cluster:
-        mix = arrange_tenant(cluster, total, prefix="pg")
-        sandbox_server.tenant.configure({"latency_ms": {"*": 30}})
-        for _ in range(2):
-            cluster.start_worker()
-        asyncio.run(create_cases(cluster, mix.all))
-        time.sleep(0.5)
-        headers = {"Authorization": f"Bearer {cluster.key}"}
-        _pg("stop")
-        try:
-            down = httpx.get(f"{cluster.base}/v1/cases", headers=headers, timeout=20)
-            assert down.status_code in (401, 503), down.text
-            if down.status_code == 401:  # the key cache expired: its lookup also needs the database
-                raise AssertionError(f"authentication failed while the database was down: {down.text}")
-            assert down.headers["content-type"] == "application/problem+json"
-            assert down.json()["type"] in ("/problems/unavailable",)
-            ready = httpx.get(f"{cluster.base}/readyz", timeout=20)
-            assert ready.status_code == 503
-            assert "database" in ready.json()["failing"]
-            time.sleep(3)
-        finally:
-            _pg("start")
-        wait_until(
-            lambda: httpx.get(f"{cluster.base}/readyz", timeout=10).status_code == 200,
-            timeout=60,
-            interval=0.5,
-            what="the API to see the database again",
-        )
-        wait_all_terminal(cluster, total, timeout=setting("UNBLOCK_TEST_SCALE_TIMEOUT", 240))
-        check_invariants(cluster, mix)
-        duplicates = cluster.query("SELECT mailbox, count(*) FROM cases GROUP BY mailbox HAVING count(*) > 1")
-        assert duplicates == []
-        assert all(p.alive() for p in cluster.workers.values()), "workers must survive the outage"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
 
-from service.config import Settings, SettingsError, load_settings, parse_duration
+from service.config import Settings, SettingsError, derive_audit_key, load_settings, parse_duration
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -86,6 +87,9 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
         ("UNBLOCK_WORKER_LEASE", "0s", "UNBLOCK_WORKER_LEASE"),
         ("UNBLOCK_WEBHOOK_RETRY_INITIAL", "0", "UNBLOCK_WEBHOOK_RETRY_INITIAL"),
         ("UNBLOCK_WEBHOOK_TIMEOUT", "0", "UNBLOCK_WEBHOOK_TIMEOUT"),
+        ("UNBLOCK_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/8,intranet", "UNBLOCK_WEBHOOK_ALLOW_NETWORKS: 'intranet'"),
+        ("UNBLOCK_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/33", "UNBLOCK_WEBHOOK_ALLOW_NETWORKS: '10.0.0.0/33'"),
+        ("UNBLOCK_WEBHOOK_ALLOW_NETWORKS", "10.1.2.3/8", "UNBLOCK_WEBHOOK_ALLOW_NETWORKS: '10.1.2.3/8'"),
         ("UNBLOCK_RETRY_INITIAL", "0", "UNBLOCK_RETRY_INITIAL"),
     ],
 )
@@ -99,6 +103,23 @@ def test_bad_values_name_the_variable_in_one_line(
     message = str(caught.value)
     assert message.startswith(fragment), message
     assert "\n" not in message
+
+
+def test_webhook_networks_are_cidrs_and_none_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network is allowed beyond the Internet by default (not even loopback); operators list CIDRs."""
+    assert load_settings().webhook_networks == ()
+    assert load_settings().webhook_allow_http is False
+    monkeypatch.setenv("UNBLOCK_WEBHOOK_ALLOW_NETWORKS", " 10.20.0.0/16, fd00::/8 ,192.0.2.7")
+    settings = load_settings()
+    assert settings.webhook_allow_networks == ["10.20.0.0/16", "fd00::/8", "192.0.2.7/32"]
+    assert [str(n) for n in settings.webhook_networks] == ["10.20.0.0/16", "fd00::/8", "192.0.2.7/32"]
+
+
+def test_a_cidr_with_host_bits_says_what_was_meant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10.1.2.3/8 is refused (it is not a network) with the network the operator probably meant."""
+    monkeypatch.setenv("UNBLOCK_WEBHOOK_ALLOW_NETWORKS", "10.1.2.3/8")
+    with pytest.raises(SettingsError, match=r"did you mean 10\.0\.0\.0/8"):
+        load_settings()
 
 
 def test_password_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,3 +180,68 @@ def test_app_only_connect_names_the_missing_tenant_setting(missing: str, monkeyp
         build_gateway(load_settings())
     monkeypatch.setenv("UNBLOCK_PS_CONNECT_IN_SESSION", "false")
     assert build_gateway(load_settings()) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("UNBLOCK_TENANT_ORGANIZATION", "contoso.com", "initial domain"),
+        ("UNBLOCK_TENANT_ORGANIZATION", "contoso.onmicrosoft.com.evil.example", "initial domain"),
+        ("UNBLOCK_TENANT_APP_ID", "unblock-app", "GUID"),
+        ("UNBLOCK_TENANT_CERT_THUMBPRINT", "A" * 39, "40 hexadecimal"),
+        ("UNBLOCK_TENANT_CERT_THUMBPRINT", "Z" * 40, "40 hexadecimal"),
+        ("UNBLOCK_TENANT_ID", "contoso", "neither"),
+    ],
+)
+def test_tenant_settings_are_checked_against_what_app_only_sign_in_accepts(
+    name: str, value: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """App-only Connect-ExchangeOnline needs the .onmicrosoft.com domain, a GUID app id and a 40-hex
+    thumbprint: a wrong value stops the process at start with one line naming the variable."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=f"^{name}: .*{says}") as caught:
+        load_settings()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("organization", "normalised"),
+    [
+        ("Contoso.OnMicrosoft.com", "contoso.onmicrosoft.com"),
+        ("fabrikam.onmicrosoft.us", "fabrikam.onmicrosoft.us"),
+        ("tailspin.partner.onmschina.cn", "tailspin.partner.onmschina.cn"),
+    ],
+)
+def test_initial_domains_of_every_cloud_are_accepted(
+    organization: str, normalised: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNBLOCK_TENANT_ORGANIZATION", organization)
+    monkeypatch.setenv("UNBLOCK_TENANT_CERT_THUMBPRINT", "ab" * 20)
+    settings = load_settings()
+    assert settings.tenant_organization == normalised
+    assert settings.tenant_cert_thumbprint == "AB" * 20
+
+
+def test_the_audit_key_comes_from_its_setting_else_from_the_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UNBLOCK_AUDIT_KEY first; without it, HKDF of each UNBLOCK_SECRET_KEY (never the sealing key itself)."""
+    secret_a, secret_b, audit = (secrets.token_bytes(32) for _ in range(3))
+    monkeypatch.setenv("UNBLOCK_SECRET_KEY", f"{secret_a.hex()},{secret_b.hex()}")
+    derived = load_settings().audit_keys
+    assert derived == [derive_audit_key(secret_a), derive_audit_key(secret_b)]
+    assert derived[0] not in (secret_a, secret_b)
+    assert derive_audit_key(secret_a) == derive_audit_key(secret_a)
+    monkeypatch.setenv("UNBLOCK_AUDIT_KEY", audit.hex())
+    assert load_settings().audit_keys == [audit]
+
+
+def test_a_bad_audit_key_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same formats as UNBLOCK_SECRET_KEY (32 bytes, base64 or hex); anything else names UNBLOCK_AUDIT_KEY."""
+    monkeypatch.setenv("UNBLOCK_AUDIT_KEY", "too-short")
+    with pytest.raises(SettingsError, match=r"^UNBLOCK_AUDIT_KEY: each key must be 32 bytes"):
+        load_settings()
+
+
+def test_no_key_at_all_is_refused_where_the_log_is_written() -> None:
+    """Without either setting, the commands that sign or check the log refuse with one line naming both."""
+    with pytest.raises(SettingsError, match=r"^UNBLOCK_AUDIT_KEY or UNBLOCK_SECRET_KEY"):
+        load_settings().require_audit_key()

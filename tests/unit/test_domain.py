@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.domain import decide as d
+from service.domain.findings import Containment
 from service.domain.password import generate_password, meets_entra_complexity
-from service.domain.plan import RequestedActions, build_plan, resume_step_after
+from service.domain.plan import Actions, RequestedActions, build_plan, resume_step_after
 from service.domain.retry import RetryPolicy, backoff_seconds, next_attempt_at
-from service.domain.states import OPEN_STATES, TERMINAL_STATES, CaseState, Outcome, StepName, StepStatus
+from service.domain.states import OPEN_STATES, TERMINAL_STATES, CaseOutcome, CaseState, StepName, StepStatus
 from service.domain.tenant import Restriction, parse_reason
 from service.domain.transitions import TRANSITIONS, Action, all_edges, allowed_from, apply
 from service.errors import InvalidTransition
@@ -25,7 +26,8 @@ ROB = Restriction("rob@contoso.com", "EmailSendingLimitExceeded;ExceedingLimitTy
 
 
 def case(state: CaseState = CaseState.received, *, approval: bool = False, **statuses: str) -> d.CaseView:
-    steps = tuple(d.StepView(s, StepStatus(statuses.get(s.value, "pending"))) for s in build_plan(RequestedActions()))
+    plan = build_plan(RequestedActions().resolve(Containment.off))
+    steps = tuple(d.StepView(s, StepStatus(statuses.get(s.value, "pending"))) for s in plan)
     return d.CaseView(state=state, steps=steps, require_approval=approval)
 
 
@@ -70,6 +72,8 @@ def test_cancel_is_allowed_only_before_the_unblock_starts() -> None:
     assert allowed_from(Action.cancel) == {
         CaseState.received,
         CaseState.securing_account,
+        CaseState.investigating,
+        CaseState.containing,
         CaseState.checking_restriction,
         CaseState.awaiting_approval,
     }
@@ -79,23 +83,38 @@ def test_cancel_is_allowed_only_before_the_unblock_starts() -> None:
 
 
 def test_the_plan_follows_the_requested_actions() -> None:
-    """Securing steps as asked, in Microsoft's order, then the unblock steps always."""
-    assert build_plan(RequestedActions()) == (
+    """Secure, investigate, contain as asked and as the policy says, in Microsoft's order, then the unblock."""
+    unblock = (StepName.check_restriction, StepName.unblock, StepName.verify, StepName.propagation)
+    assert build_plan(RequestedActions().resolve(Containment.enforce)) == (
         StepName.reset_password,
         StepName.revoke_sessions,
-        StepName.check_restriction,
-        StepName.unblock,
-        StepName.verify,
-        StepName.propagation,
-    )
-    everything = RequestedActions(True, True, True, True)
-    assert build_plan(everything)[:4] == (
-        StepName.reset_password,
-        StepName.revoke_sessions,
+        StepName.investigate,
         StepName.disable_inbox_rules,
         StepName.remove_forwarding,
+        *unblock,
     )
-    assert build_plan(RequestedActions(False, False))[0] is StepName.check_restriction
+    assert build_plan(RequestedActions().resolve(Containment.report)) == (
+        StepName.reset_password,
+        StepName.revoke_sessions,
+        StepName.investigate,
+        *unblock,
+    )
+    assert build_plan(RequestedActions().resolve(Containment.off)) == (
+        StepName.reset_password,
+        StepName.revoke_sessions,
+        *unblock,
+    )
+    # An explicit false skips containment even under enforce; an explicit true does it under report or off.
+    assert StepName.disable_inbox_rules not in build_plan(
+        RequestedActions(disable_suspicious_inbox_rules=False).resolve(Containment.enforce)
+    )
+    assert StepName.remove_forwarding in build_plan(
+        RequestedActions(remove_forwarding=True).resolve(Containment.report)
+    )
+    assert StepName.disable_inbox_rules in build_plan(
+        RequestedActions(disable_suspicious_inbox_rules=True).resolve(Containment.off)
+    )
+    assert build_plan(RequestedActions(False, False).resolve(Containment.off))[0] is StepName.check_restriction
     assert resume_step_after(StepName.propagation) is StepName.check_restriction
 
 
@@ -173,14 +192,14 @@ def test_the_happy_path_to_unblocked() -> None:
     assert waiting.state is CaseState.awaiting_propagation
     later = NOW + timedelta(hours=4, seconds=1)
     done = d.decide(c, StepName.propagation, d.Succeeded(None), later, policy=POLICY, timing=TIMING)
-    assert (done.state, done.outcome) == (CaseState.resolved, Outcome.unblocked)
+    assert (done.state, done.outcome) == (CaseState.resolved, CaseOutcome.unblocked)
 
 
 def test_not_restricted_resolves_and_skips_the_unblock() -> None:
     """A sender not on the list: resolved as not_restricted, unblock steps skipped."""
     c = case(CaseState.checking_restriction)
     decision = d.decide(c, StepName.check_restriction, d.Succeeded(None), NOW, policy=POLICY, timing=TIMING)
-    assert (decision.state, decision.outcome) == (CaseState.resolved, Outcome.not_restricted)
+    assert (decision.state, decision.outcome) == (CaseState.resolved, CaseOutcome.not_restricted)
     skipped = {s.name for s in decision.steps if s.status is StepStatus.skipped}
     assert skipped == {StepName.unblock, StepName.verify, StepName.propagation}
 
@@ -206,7 +225,7 @@ def test_transient_failures_retry_then_fail() -> None:
     assert first.last_error == {"code": "call_timeout", "message": "hung", "retryable": True}
     spent = c.with_step(d.StepView(StepName.unblock, StepStatus.running, attempts=3, failures=2))
     last = d.decide(spent, StepName.unblock, flaky, NOW, policy=POLICY, timing=TIMING)
-    assert (last.state, last.outcome) == (CaseState.failed, Outcome.failed)
+    assert (last.state, last.outcome) == (CaseState.failed, CaseOutcome.failed)
     assert last.last_error is not None
     assert "gave up after 3 attempts" in last.last_error["message"]
 
@@ -216,7 +235,7 @@ def test_what_a_person_must_handle_escalates_with_guidance(code: str) -> None:
     """Limit reached, permission missing, synced account: escalated with what to do."""
     c = case(CaseState.unblocking)
     decision = d.decide(c, StepName.unblock, d.Failed(code, "no", retryable=False), NOW, policy=POLICY, timing=TIMING)
-    assert (decision.state, decision.outcome) == (CaseState.escalated, Outcome.escalated)
+    assert (decision.state, decision.outcome) == (CaseState.escalated, CaseOutcome.escalated)
     assert decision.last_error is not None
     assert d.GUIDANCE[code] in decision.last_error["message"]
 
@@ -236,7 +255,7 @@ def test_a_reblock_while_waiting_escalates() -> None:
     """Back on the list during the wait: escalated as reblocked."""
     c = d.CaseView(CaseState.awaiting_propagation, case().steps, sending_restored_by=NOW + timedelta(hours=4))
     decision = d.decide(c, StepName.propagation, d.Succeeded(ROB), NOW, policy=POLICY, timing=TIMING)
-    assert (decision.state, decision.outcome) == (CaseState.escalated, Outcome.escalated)
+    assert (decision.state, decision.outcome) == (CaseState.escalated, CaseOutcome.escalated)
     assert decision.last_error is not None
     assert decision.last_error["code"] == "reblocked"
 
@@ -256,7 +275,7 @@ def test_no_wait_resolves_right_after_verify() -> None:
     """With a propagation wait of zero the case resolves as soon as the unblock is verified."""
     c = case(CaseState.verifying)
     decision = d.decide(c, StepName.verify, d.Succeeded(None), NOW, policy=POLICY, timing=d.Timing(0, 900))
-    assert (decision.state, decision.outcome) == (CaseState.resolved, Outcome.unblocked)
+    assert (decision.state, decision.outcome) == (CaseState.resolved, CaseOutcome.unblocked)
 
 
 def test_retry_resumes_at_the_failed_step() -> None:
@@ -280,7 +299,7 @@ def test_retry_resumes_at_the_failed_step() -> None:
 def test_cancel_skips_what_has_not_run() -> None:
     """Cancel ends the case and marks pending steps skipped."""
     decision = d.cancel(case(CaseState.securing_account, reset_password="succeeded"))
-    assert (decision.state, decision.outcome) == (CaseState.cancelled, Outcome.cancelled)
+    assert (decision.state, decision.outcome) == (CaseState.cancelled, CaseOutcome.cancelled)
     assert StepName.reset_password not in {c.name for c in decision.steps}
     with pytest.raises(InvalidTransition):
         d.cancel(case(CaseState.unblocking))
@@ -313,12 +332,12 @@ USER_ACTIONS = st.sampled_from(["approve", "cancel", "retry", None])
 
 @settings(max_examples=300, deadline=None)
 @given(
-    actions=st.builds(RequestedActions, st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+    actions=st.builds(Actions, st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans()),
     approval=st.booleans(),
     script=st.lists(st.tuples(RESULTS, USER_ACTIONS, st.integers(0, 10_000)), min_size=1, max_size=60),
 )
 def test_random_runs_only_take_declared_transitions(
-    actions: RequestedActions, approval: bool, script: list[tuple[d.StepResult, str | None, int]]
+    actions: Actions, approval: bool, script: list[tuple[d.StepResult, str | None, int]]
 ) -> None:
     """Drive the engine's loop with random results and person actions: every move is in the table."""
     steps = tuple(d.StepView(s, StepStatus.pending) for s in build_plan(actions))

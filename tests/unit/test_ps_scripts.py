@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 import tree_sitter_powershell as tsp
 from tree_sitter import Language, Node, Parser, Tree
 
+from service import reference
 from service.config import Settings
 from service.powershell import commands as c
 from service.powershell.bridge import PowerShellBridge
@@ -65,6 +67,28 @@ INNER_CALLS = {
         },
     ),
 }
+
+#: A user's (or service principal's) object id as Graph writes it: a lower-case GUID.
+OBJECT_ID = "00000000-0000-4000-8000-000000000001"
+
+#: The parameters whose value is one mailbox or user address: all share the role capability's
+#: address pattern (and the wrappers repeat it), so no command accepts an address another refuses.
+ADDRESS_PARAMETERS = frozenset(
+    {
+        ("Get-BlockedSenderAddress", "SenderAddress"),
+        ("Remove-BlockedSenderAddress", "SenderAddress"),
+        ("Get-InboxRule", "Mailbox"),
+        ("Disable-InboxRule", "Mailbox"),
+        ("Get-Mailbox", "Identity"),
+        ("Get-MailboxPermission", "Identity"),
+        ("Get-RecipientPermission", "Identity"),
+        ("Get-MgUser", "UserId"),
+        ("Revoke-MgUserSignInSession", "UserId"),
+        ("Get-MgUserAuthenticationMethod", "UserId"),
+        ("Set-UnblockUserPassword", "UserId"),
+        ("Clear-UnblockForwarding", "Identity"),
+    }
+)
 
 #: JEA always allows the common parameters, -Confirm and -WhatIf included, and they must not be
 #: listed: on a command that supports ShouldProcess, a listed -Confirm becomes a second -Confirm
@@ -475,16 +499,21 @@ def test_constraints_are_well_formed_and_only_missing_where_impossible() -> None
 async def test_every_value_the_bridge_sends_passes_the_endpoint() -> None:
     """Run every bridge operation as set up for this endpoint (both password backends); check values as JEA would."""
     pipelines: list[tuple[Invocation, ...]] = []
+    address = "o'brien.smith+it@contoso.com"
+    # Get-MgUser's answer carries the object id that the app-consent filter is built from; Get-Mailbox's
+    # is taken only when it names the address.
+    user = SimpleNamespace(
+        adapted_properties={"Id": OBJECT_ID.upper(), "UserPrincipalName": address, "PrimarySmtpAddress": address}
+    )
 
     class RecordingPool:
         async def call(self, invocations: tuple[Invocation, ...], *, limit: float | None = None) -> RawResult:
             pipelines.append(invocations)
-            return RawResult(output=[object()], records=[], failed=False, warnings=[])
+            return RawResult(output=[user], records=[], failed=False, warnings=[])
 
         async def close(self) -> None:
             return None
 
-    address = "o'brien.smith+it@contoso.com"
     for backend in ("graph", "ad"):
         # docs/runner-host.md, "Point the service at it": the settings used with this endpoint.
         settings = Settings(
@@ -501,6 +530,12 @@ async def test_every_value_the_bridge_sends_passes_the_endpoint() -> None:
         await bridge.remove_restriction(address)
         await bridge.accepted_domains()
         await bridge.list_inbox_rules(address)
+        await bridge.get_forwarding(address)
+        await bridge.list_mailbox_permissions(address)
+        await bridge.list_send_as(address)
+        await bridge.list_auth_methods(address)
+        await bridge.list_oauth_grants(address)
+        await bridge.get_service_principal(OBJECT_ID)
         await bridge.disable_inbox_rule(address, "O'Brien, Rob\\16204938563291545601")
         await bridge.clear_forwarding(address)
         await bridge.get_user(address)
@@ -534,6 +569,34 @@ async def test_every_value_the_bridge_sends_passes_the_endpoint() -> None:
         ("Clear-UnblockForwarding", "Identity", "rob@contoso.com -ForwardingSmtpAddress eve@example.net"),
         ("Clear-UnblockForwarding", "Identity", None),
         ("Get-InboxRule", "Mailbox", "rob"),
+        ("Get-InboxRule", "IncludeHidden", False),
+        ("Get-Mailbox", "Identity", "*"),
+        ("Get-Mailbox", "Identity", None),
+        ("Get-Mailbox", "Identity", "rob@contoso.com, eve@contoso.com"),
+        ("Get-MailboxPermission", "Identity", "rob"),
+        ("Get-MailboxPermission", "Identity", None),
+        ("Get-RecipientPermission", "Identity", "*@contoso.com"),
+        ("Get-RecipientPermission", "Identity", None),
+        ("Get-MgUserAuthenticationMethod", "UserId", "*"),
+        ("Get-MgUserAuthenticationMethod", "All", False),
+        ("Get-MgOauth2PermissionGrant", "Filter", "principalId eq 'x' or true"),
+        ("Get-MgOauth2PermissionGrant", "Filter", f"principalId eq '{OBJECT_ID}' or true"),
+        ("Get-MgOauth2PermissionGrant", "Filter", f"principalId eq '{OBJECT_ID}' or consentType eq 'AllPrincipals'"),
+        ("Get-MgOauth2PermissionGrant", "Filter", f"principalId eq '{OBJECT_ID}' and clientId eq '{OBJECT_ID}'"),
+        ("Get-MgOauth2PermissionGrant", "Filter", f"principalId eq '{OBJECT_ID}'\nor true"),
+        ("Get-MgOauth2PermissionGrant", "Filter", "principalId eq 00000000-0000-4000-8000-000000000001"),
+        ("Get-MgOauth2PermissionGrant", "Filter", "clientId eq '00000000-0000-4000-8000-000000000001'"),
+        ("Get-MgOauth2PermissionGrant", "Filter", "principalId ne '00000000-0000-4000-8000-000000000001'"),
+        ("Get-MgOauth2PermissionGrant", "Filter", "consentType eq 'AllPrincipals'"),
+        ("Get-MgOauth2PermissionGrant", "Filter", ""),
+        ("Get-MgOauth2PermissionGrant", "Filter", None),
+        ("Get-MgOauth2PermissionGrant", "All", False),
+        ("Get-MgServicePrincipal", "ServicePrincipalId", "*"),
+        ("Get-MgServicePrincipal", "ServicePrincipalId", "appId='00000003-0000-0000-c000-000000000000'"),
+        ("Get-MgServicePrincipal", "ServicePrincipalId", "00000003-0000-0000-c000-000000000000/owners"),
+        ("Get-MgServicePrincipal", "ServicePrincipalId", None),
+        ("Get-MgServicePrincipal", "Property", ["Id", "KeyCredentials"]),
+        ("Get-MgServicePrincipal", "Property", "*"),
         ("Disable-InboxRule", "Identity", "Rob\\*"),
         ("Get-MgUser", "UserId", "00000000-0000-0000-0000-000000000000"),
         ("Get-MgUser", "Property", ["Id", "SignInActivity"]),
@@ -552,6 +615,59 @@ async def test_every_value_the_bridge_sends_passes_the_endpoint() -> None:
 def test_values_the_service_never_sends_are_refused(command: str, parameter: str, value: Any) -> None:
     """The constraints are tight: wildcards, other identities, other properties, other switches fail."""
     assert not jea_accepts(visible()[command].parameters[parameter], value)
+
+
+def test_address_parameters_share_one_pattern() -> None:
+    """Every address-valued parameter has the same ValidatePattern, which takes one plain address."""
+    listed = {
+        (command.name, parameter)
+        for command in visible().values()
+        for parameter in command.parameters
+        if (command.name, parameter) in ADDRESS_PARAMETERS
+    }
+    assert listed == ADDRESS_PARAMETERS
+    patterns = {str(visible()[name].parameters[parameter].get("ValidatePattern")) for name, parameter in listed}
+    assert len(patterns) == 1, patterns
+    (address,) = patterns
+    assert jea_accepts({"ValidatePattern": address}, "o'brien.smith+it@contoso.com")
+    for value in ("*", "rob", "rob@contoso.com; eve@example.net", "*@contoso.com"):
+        assert not jea_accepts({"ValidatePattern": address}, value), value
+
+
+def test_switches_allow_only_true() -> None:
+    """A visible switch parameter (per Microsoft's syntax, service/reference) is constrained to 'True' only."""
+    switches = []
+    for command in visible().values():
+        documented = reference.command(command.name)
+        for parameter, constraint in command.parameters.items():
+            if documented.resolve(parameter).is_switch:
+                switches.append((command.name, parameter))
+                assert as_list(constraint.get("ValidateSet")) == ["True"], (command.name, parameter)
+    assert {("Get-InboxRule", "IncludeHidden"), ("Get-MgUserAuthenticationMethod", "All")} <= set(switches)
+    assert ("Get-MgOauth2PermissionGrant", "All") in switches
+
+
+def test_selectable_properties_are_exactly_the_catalogue_lists() -> None:
+    """-Property of Get-MgUser and Get-MgServicePrincipal allows exactly the properties the service reads."""
+    user = visible()[c.GET_MG_USER.name].parameters["Property"]
+    assert sorted(as_list(user["ValidateSet"])) == sorted(c.USER_PROPERTIES)
+    app = visible()[c.GET_SERVICE_PRINCIPAL.name].parameters["Property"]
+    assert sorted(as_list(app["ValidateSet"])) == sorted(c.SERVICE_PRINCIPAL_PROPERTIES)
+    assert len(c.SERVICE_PRINCIPAL_PROPERTIES) == 5
+
+
+@pytest.mark.parametrize(
+    "object_id",
+    [OBJECT_ID, "9f1c2a0e-1b2c-4d5e-8f90-123456789abc", "ffffffff-ffff-ffff-ffff-ffffffffffff"],
+)
+def test_the_app_consent_filter_admits_one_user_by_object_id(object_id: str) -> None:
+    """-Filter takes exactly principalId eq '<GUID>' (what the bridge builds); -ServicePrincipalId a GUID."""
+    grants = visible()[c.GET_OAUTH_GRANTS.name].parameters
+    assert jea_accepts(grants["Filter"], f"principalId eq '{object_id}'")
+    assert jea_accepts(grants["All"], True)
+    apps = visible()[c.GET_SERVICE_PRINCIPAL.name].parameters
+    assert jea_accepts(apps["ServicePrincipalId"], object_id)
+    assert jea_accepts(apps["Property"], list(c.SERVICE_PRINCIPAL_PROPERTIES))
 
 
 def test_without_active_directory_the_installer_leaves_a_valid_smaller_role_capability() -> None:
@@ -605,6 +721,8 @@ def test_the_module_signs_in_before_jea_builds_its_proxies() -> None:
         "ExchangeOnlineManagement",
         "Microsoft.Graph.Users",
         "Microsoft.Graph.Users.Actions",
+        "Microsoft.Graph.Identity.SignIns",
+        "Microsoft.Graph.Applications",
         "Microsoft.Graph.Authentication",
         "ActiveDirectory",
     ]
@@ -758,6 +876,18 @@ def test_the_installer_supports_whatif_and_documents_every_parameter() -> None:
     documented = {body.split(" ", 1)[0]: body for keyword, body in sections if keyword == "PARAMETER"}
     assert set(documented) == set(parameters)
     assert all(len(body.split()) > 3 for body in documented.values()), "a .PARAMETER without a description"
+
+
+def test_the_installer_installs_every_module_the_role_capability_imports() -> None:
+    """$RequiredModules is ModulesToImport minus UnblockRunner (the installer writes it) and ActiveDirectory (RSAT)."""
+    installer = parse(INSTALLER.read_bytes()).root_node
+    installed = as_list(evaluate(assigned_value(installer, "$RequiredModules")))
+    imported = as_list(role_capability()["ModulesToImport"])
+    assert len(installed) == len(set(installed))
+    assert set(installed) == set(imported) - {PSD1.stem, "ActiveDirectory"}
+    help_text = " ".join(body for keyword, body in help_sections(installer) if keyword == "DESCRIPTION")
+    for module in installed:
+        assert module in help_text, f"the installer's help does not name {module}"
 
 
 def test_the_installer_installs_every_module_file() -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -18,6 +19,7 @@ router = APIRouter(tags=["health"])
 log = get_logger(__name__)
 
 READY_TIMEOUT = 3.0
+READY_RETRY_AFTER = 5
 
 
 class Health(BaseModel):
@@ -47,19 +49,37 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     return name, "ok"
 
 
+class Component(StrEnum):
+    powershell = "powershell"
+
+
 @router.get(
     "/readyz",
     summary="Readiness",
     response_model=Readiness,
-    description="200 only when the database and the PowerShell endpoint answer; otherwise 503 naming the failing part.",
-    responses={503: problem_doc("a dependency is not ready")},
+    description=(
+        "200 whenever the database answers: the process can accept and store cases, so a tenant or runner-host "
+        "outage never takes it out of a load balancer. `checks` lists each component's status (`powershell` only "
+        "in processes that run a worker: `ok` or `unavailable: ...`). With `require=powershell` the PowerShell "
+        "endpoint must answer too (503 naming it otherwise), for monitoring."
+    ),
+    responses={503: problem_doc("the database (or a required component) is not ready", retry_after=True)},
 )
-async def readyz(runtime: RuntimeDep, request: Request) -> Readiness | JSONResponse:
+async def readyz(
+    runtime: RuntimeDep,
+    request: Request,
+    require: Annotated[
+        list[Component] | None, Query(description="components that must answer too (repeatable)")
+    ] = None,
+) -> Readiness | JSONResponse:
     probes: list[tuple[str, Any]] = [("database", runtime.db.ping)]
     if runtime.gateway is not None:
-        probes.append(("powershell", runtime.gateway.probe))
+        probes.append((Component.powershell.value, runtime.gateway.probe))
     checks = dict(await asyncio.gather(*(_check(name, probe) for name, probe in probes)))
-    failing = [name for name, status in checks.items() if status != "ok"]
+    required = {"database", *(c.value for c in require or [])}
+    for name in required - set(checks):
+        checks[name] = "not configured in this process (it runs no worker)"
+    failing = sorted(name for name in required if checks[name] != "ok")
     if failing:
         return problem_response(
             status=503,
@@ -68,6 +88,7 @@ async def readyz(runtime: RuntimeDep, request: Request) -> Readiness | JSONRespo
             detail="; ".join(f"{name}: {checks[name]}" for name in failing),
             instance=request.url.path,
             request_id=getattr(request.state, "request_id", None),
+            headers={"Retry-After": str(READY_RETRY_AFTER)},
             checks=checks,
             failing=failing,
         )

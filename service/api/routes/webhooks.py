@@ -1,27 +1,34 @@
-"""/v1/webhooks: subscriptions (admin), their deliveries, and redelivery of dead letters."""
+"""/v1/webhooks: subscriptions, their deliveries, and redelivery of dead letters.
+
+Managed with ``webhooks:manage`` or ``admin``. A subscription carries the tenant scope of the key
+that made it (or a narrower one it asked for) and receives only those tenants' events; a key
+limited to tenants sees and manages only subscriptions within its tenants.
+"""
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import secrets
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from service.api.auth import Principal, requires, scope_doc
 from service.api.deps import RuntimeDep
 from service.api.problems import COMMON_PROBLEMS, problem_doc
-from service.errors import InvalidInput
+from service.domain.tenancy import NAME_PATTERN, visible
+from service.domain.timeline import WebhookEventType
+from service.errors import Forbidden, InvalidInput, TenantNotFound, WebhookNotFound
 from service.logging import get_logger
-from service.persistence import webhooks
-from service.persistence.outbox import EVENT_TYPES
+from service.persistence import tenants, webhooks
 from service.persistence.types import new_id
-from service.persistence.webhooks import DeliveryRecord, SubscriptionRecord
+from service.persistence.webhooks import DeliveryRecord, DeliveryStatus, SubscriptionRecord
 from service.runtime import Runtime
+from service.security.destinations import check_destination
+from service.security.scopes import Scope
 from service.security.sealing import Sealer
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -29,16 +36,12 @@ log = get_logger(__name__)
 
 WebhookId = Annotated[str, Path(pattern=r"^[0-9a-z]{26}$", description="the subscription id")]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: problem_doc("no such subscription or delivery")}
-EventName = Literal[
-    "case.created",
-    "case.state_changed",
-    "case.resolved",
-    "case.failed",
-    "case.escalated",
-    "credential.revealed",
-    "sender.restricted",
-    "*",
-]
+TenantName = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=32)]
+#: Who may manage subscriptions: webhooks:manage within its tenants, or admin.
+_NEEDS = "Requires `webhooks:manage` (within the key's tenants) or `admin`."
+Manager = Annotated[Principal, requires(Scope.webhooks_manage, Scope.admin)]
+#: What a subscription can ask for: each webhook event type, or "*" for all of them.
+EventName = WebhookEventType | Literal["*"]
 
 
 class WebhookCreate(BaseModel):
@@ -62,15 +65,28 @@ class WebhookCreate(BaseModel):
         # the shape only: absolute http(s), visible ASCII (IDN hosts in punycode), no user:password@;
         # whether http is allowed is checked against configuration
         pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[\x21\x22\x24-\x2e\x30-\x3e\x41-\x7e]+(?:[/?#][\x21-\x7e]*)?$",
-        description="https URL that receives signed POSTs",
+        description="https URL that receives signed POSTs; its host must be, or resolve to, globally reachable "
+        "addresses (or addresses in UNBLOCK_WEBHOOK_ALLOW_NETWORKS)",
     )
-    events: list[EventName] = Field(min_length=1, max_length=len(EVENT_TYPES) + 1)
+    events: list[EventName] = Field(min_length=1, max_length=len(WebhookEventType) + 1)
     description: str | None = Field(None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")
+    tenants: list[TenantName] | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="deliver only these tenants' events; default: the tenants of the key that subscribes "
+        "(every tenant for a key not limited to tenants). A key limited to tenants may name only its own",
+    )
 
     @field_validator("events")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
+
+    @field_validator("tenants")
+    @classmethod
+    def _unique_tenants(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(dict.fromkeys(value))
 
 
 _WEBHOOK_EXAMPLE: dict[str, Any] = {
@@ -78,6 +94,7 @@ _WEBHOOK_EXAMPLE: dict[str, Any] = {
     "url": "https://contoso.service-now.com/api/x_unblock/events",
     "events": ["case.resolved", "case.failed", "case.escalated"],
     "description": "ServiceNow incident updates",
+    "tenants": None,
     "created_by": "admin",
     "created_at": "2026-11-26T08:00:00Z",
 }
@@ -90,6 +107,7 @@ class WebhookPublic(BaseModel):
     url: str
     events: list[str]
     description: str | None
+    tenants: list[str] | None = Field(description="the tenants whose events it receives; null: every tenant's")
     created_by: str
     created_at: datetime
 
@@ -100,6 +118,7 @@ class WebhookPublic(BaseModel):
             url=record.url,
             events=list(record.events),
             description=record.description,
+            tenants=list(record.tenants) if record.tenants is not None else None,
             created_by=record.created_by,
             created_at=record.created_at,
         )
@@ -129,7 +148,7 @@ class DeliveryPublic(BaseModel):
                     "attempts": 23,
                     "next_attempt_at": "2026-11-27T09:00:00Z",
                     "last_status_code": 503,
-                    "last_error": "HTTP 503",
+                    "last_error": "http_503",
                     "created_at": "2026-11-26T09:00:00Z",
                     "delivered_at": None,
                 }
@@ -140,11 +159,15 @@ class DeliveryPublic(BaseModel):
     id: int
     event_id: int
     event_type: str
-    status: Literal["pending", "delivered", "dead", "cancelled"]
+    status: DeliveryStatus
     attempts: int
     next_attempt_at: datetime
     last_status_code: int | None
-    last_error: str | None
+    last_error: str | None = Field(
+        pattern=r"^(timeout|connect_failed|tls|refused_address|http_[1-5][0-9]{2})$",
+        description="why the last attempt failed, as a category: timeout, connect_failed, tls, refused_address "
+        "(the receiver's address is not one webhooks may reach) or http_<status>; never the error's text",
+    )
     created_at: datetime
     delivered_at: datetime | None
 
@@ -168,7 +191,7 @@ class DeliveriesPage(BaseModel):
     items: list[DeliveryPublic]
 
 
-def _check_url(url: str, runtime: Runtime) -> None:
+def _check_url(url: str) -> None:
     if not url.isascii() or not url.isprintable() or " " in url:
         raise InvalidInput("url must be visible ASCII (write an international host name in punycode)", field="url")
     try:
@@ -180,13 +203,54 @@ def _check_url(url: str, runtime: Runtime) -> None:
         raise InvalidInput("url must be an absolute http(s) URL", field="url")
     if parts.username or parts.password:
         raise InvalidInput("url must not carry credentials; the signature authenticates the sender", field="url")
-    if parts.scheme == "http" and not runtime.settings.webhook_allow_http:
+
+
+def _sees(principal: Principal, record: SubscriptionRecord) -> bool:
+    """A key limited to tenants sees the subscriptions limited to (some of) its tenants, and no others."""
+    if principal.tenants is None:
+        return True
+    return record.tenants is not None and all(visible(t, principal.tenants) for t in record.tenants)
+
+
+async def _subscription_for(runtime: Runtime, principal: Principal, webhook_id: str) -> SubscriptionRecord:
+    record = await webhooks.get_subscription(runtime.db, subscription_id=webhook_id)
+    if not _sees(principal, record):  # another tenant's subscription does not exist for this key
+        raise WebhookNotFound(f"no webhook subscription has id {webhook_id}")
+    return record
+
+
+async def _tenants_for(runtime: Runtime, principal: Principal, asked: list[str] | None) -> list[str] | None:
+    """The tenant scope of a new subscription: what was asked, within the key's own; by default the key's."""
+    if asked is None:
+        return list(principal.tenants) if principal.tenants is not None else None
+    outside = [t for t in asked if not visible(t, principal.tenants)]
+    if outside:
+        raise Forbidden(
+            f"this key is limited to tenants {', '.join(principal.tenants or ())}; it cannot subscribe to "
+            f"{', '.join(outside)}"
+        )
+    for name in asked:
         try:
-            loopback = ipaddress.ip_address(parts.hostname).is_loopback
-        except ValueError:
-            loopback = parts.hostname == "localhost"
-        if not loopback:
-            raise InvalidInput("url must use https (set UNBLOCK_WEBHOOK_ALLOW_HTTP=true to allow http)", field="url")
+            await tenants.get(runtime.db, runtime.settings, name)
+        except TenantNotFound:
+            raise InvalidInput(f"no tenant is named {name}", field="tenants") from None
+    return asked
+
+
+async def _check_destination(url: str, runtime: Runtime) -> None:
+    """Refuse a receiver the dispatcher would refuse: the same check, so a subscription never only dead-letters.
+
+    The dispatcher checks again before every delivery (a name's addresses can change); this
+    answer is the early, explained one.
+    """
+    parts = urlsplit(url)
+    await check_destination(
+        parts.scheme,
+        parts.hostname or "",
+        parts.port or (443 if parts.scheme == "https" else 80),
+        policy=runtime.webhook_policy,
+        resolve=runtime.resolver,
+    )
 
 
 @router.post(
@@ -195,16 +259,16 @@ def _check_url(url: str, runtime: Runtime) -> None:
     summary="Subscribe a webhook receiver",
     description=(
         "Creates a subscription and returns its signing secret once. Deliveries are signed per Standard Webhooks "
-        "(`webhook-id`, `webhook-timestamp`, `webhook-signature`). Requires `admin`."
+        "(`webhook-id`, `webhook-timestamp`, `webhook-signature`). " + _NEEDS
     ),
     response_model=WebhookCreated,
     responses=COMMON_PROBLEMS,
-    openapi_extra=scope_doc("admin"),
+    openapi_extra=scope_doc(Scope.webhooks_manage, Scope.admin),
 )
-async def create_webhook(
-    body: WebhookCreate, runtime: RuntimeDep, principal: Annotated[Principal, requires("admin")]
-) -> WebhookCreated:
-    _check_url(body.url, runtime)
+async def create_webhook(body: WebhookCreate, runtime: RuntimeDep, principal: Manager) -> WebhookCreated:
+    _check_url(body.url)
+    scope = await _tenants_for(runtime, principal, body.tenants)
+    await _check_destination(body.url, runtime)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     sealer = Sealer(runtime.settings.secret_keys)
     subscription_id = new_id()
@@ -213,12 +277,14 @@ async def create_webhook(
         runtime.db,
         subscription_id=subscription_id,
         url=body.url,
-        events=list(body.events),
+        events=[str(event) for event in body.events],
         description=body.description,
         secret_key_id=sealed.key_id,
         secret_sealed=sealed.blob,
-        actor=principal.actor,
+        actor=principal.audit_actor,
+        signer=runtime.audit_signer,
         now=runtime.clock(),
+        tenants=scope,
     )
     parts = urlsplit(record.url)
     log.info("webhook_created", webhook_id=record.id, receiver=f"{parts.scheme}://{parts.hostname}")
@@ -228,42 +294,44 @@ async def create_webhook(
 @router.get(
     "",
     summary="List webhook subscriptions",
-    description="Active subscriptions, oldest first; never the secrets. Requires `admin`.",
+    description="Active subscriptions, oldest first; never the secrets. " + _NEEDS,
     response_model=WebhooksPage,
     responses=COMMON_PROBLEMS,
-    openapi_extra=scope_doc("admin"),
+    openapi_extra=scope_doc(Scope.webhooks_manage, Scope.admin),
 )
-async def list_webhooks(runtime: RuntimeDep, _: Annotated[Principal, requires("admin")]) -> WebhooksPage:
-    return WebhooksPage(items=[WebhookPublic.of(r) for r in await webhooks.list_subscriptions(runtime.db)])
+async def list_webhooks(runtime: RuntimeDep, principal: Manager) -> WebhooksPage:
+    records = await webhooks.list_subscriptions(runtime.db)
+    return WebhooksPage(items=[WebhookPublic.of(r) for r in records if _sees(principal, r)])
 
 
 @router.get(
     "/{webhook_id}",
     summary="Get a webhook subscription",
-    description="Requires `admin`.",
+    description="Requires `webhooks:manage` (within the key's tenants) or `admin`.",
     response_model=WebhookPublic,
     responses={**NOT_FOUND, **COMMON_PROBLEMS},
-    openapi_extra=scope_doc("admin"),
+    openapi_extra=scope_doc(Scope.webhooks_manage, Scope.admin),
 )
-async def get_webhook(
-    webhook_id: WebhookId, runtime: RuntimeDep, _: Annotated[Principal, requires("admin")]
-) -> WebhookPublic:
-    return WebhookPublic.of(await webhooks.get_subscription(runtime.db, subscription_id=webhook_id))
+async def get_webhook(webhook_id: WebhookId, runtime: RuntimeDep, principal: Manager) -> WebhookPublic:
+    return WebhookPublic.of(await _subscription_for(runtime, principal, webhook_id))
 
 
 @router.delete(
     "/{webhook_id}",
     status_code=204,
     summary="Delete a webhook subscription",
-    description="Stops deliveries to it (pending ones are cancelled). Requires `admin`.",
+    description="Stops deliveries to it (pending ones are cancelled). " + _NEEDS,
     responses={**NOT_FOUND, **COMMON_PROBLEMS},
-    openapi_extra=scope_doc("admin"),
+    openapi_extra=scope_doc(Scope.webhooks_manage, Scope.admin),
 )
-async def delete_webhook(
-    webhook_id: WebhookId, runtime: RuntimeDep, principal: Annotated[Principal, requires("admin")]
-) -> Response:
+async def delete_webhook(webhook_id: WebhookId, runtime: RuntimeDep, principal: Manager) -> Response:
+    await _subscription_for(runtime, principal, webhook_id)
     await webhooks.delete_subscription(
-        runtime.db, subscription_id=webhook_id, actor=principal.actor, now=runtime.clock()
+        runtime.db,
+        subscription_id=webhook_id,
+        actor=principal.audit_actor,
+        signer=runtime.audit_signer,
+        now=runtime.clock(),
     )
     return Response(status_code=204)
 
@@ -271,18 +339,19 @@ async def delete_webhook(
 @router.get(
     "/{webhook_id}/deliveries",
     summary="List deliveries",
-    description="Newest first; `status=dead` lists the dead letters. Requires `admin`.",
+    description="Newest first; `status=dead` lists the dead letters. " + _NEEDS,
     response_model=DeliveriesPage,
     responses={**NOT_FOUND, **COMMON_PROBLEMS},
-    openapi_extra=scope_doc("admin"),
+    openapi_extra=scope_doc(Scope.webhooks_manage, Scope.admin),
 )
 async def list_deliveries(
     webhook_id: WebhookId,
     runtime: RuntimeDep,
-    _: Annotated[Principal, requires("admin")],
-    status: Annotated[Literal["pending", "delivered", "dead", "cancelled"] | None, Query()] = None,
+    principal: Manager,
+    status: Annotated[DeliveryStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> DeliveriesPage:
+    await _subscription_for(runtime, principal, webhook_id)
     items = await webhooks.list_deliveries(runtime.db, subscription_id=webhook_id, status=status, limit=limit)
     return DeliveriesPage(items=[DeliveryPublic.of(d) for d in items])
 
@@ -291,18 +360,30 @@ async def list_deliveries(
     "/{webhook_id}/deliveries/{delivery_id}/redeliver",
     status_code=202,
     summary="Redeliver",
-    description="Queues a dead delivery again with a fresh retry window (409 for any other status). Requires `admin`.",
-    responses={**NOT_FOUND, 409: problem_doc("the delivery is not dead"), **COMMON_PROBLEMS},
-    openapi_extra=scope_doc("admin"),
+    description="Queues a dead delivery again with a fresh retry window (409 for any other status). " + _NEEDS,
+    response_class=Response,
+    responses={
+        202: {"description": "queued again; no body"},
+        **NOT_FOUND,
+        409: problem_doc("the delivery is not dead"),
+        **COMMON_PROBLEMS,
+    },
+    openapi_extra=scope_doc(Scope.webhooks_manage, Scope.admin),
 )
 async def redeliver(
     webhook_id: WebhookId,
     delivery_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
     runtime: RuntimeDep,
-    principal: Annotated[Principal, requires("admin")],
+    principal: Manager,
 ) -> Response:
+    await _subscription_for(runtime, principal, webhook_id)
     await webhooks.redeliver(
-        runtime.db, subscription_id=webhook_id, delivery_id=delivery_id, actor=principal.actor, now=runtime.clock()
+        runtime.db,
+        subscription_id=webhook_id,
+        delivery_id=delivery_id,
+        actor=principal.audit_actor,
+        signer=runtime.audit_signer,
+        now=runtime.clock(),
     )
     runtime.events.publish("*webhooks*")  # SQLite's wake-up; on PostgreSQL the NOTIFY wakes every process
     return Response(status_code=202)

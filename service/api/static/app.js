@@ -48,10 +48,8 @@ function followCase(section) {
       state.className = `state state-${event.to_state}`;
     }
   };
-  for (const type of ["case.created", "state.changed", "step.started", "step.succeeded", "step.failed",
-                      "step.skipped", "step.retry_scheduled", "step.waiting", "step.pending", "credential.available",
-                      "credential.revealed", "credential.expired", "case.approved", "case.cancelled", "case.retried",
-                      "step.finished_late"]) {
+  // The server names every timeline event type (service.domain.timeline.EventType) on the section.
+  for (const type of section.dataset.eventTypes.split(" ")) {
     source.addEventListener(type, onEvent);
   }
 }

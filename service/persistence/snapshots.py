@@ -1,0 +1,329 @@
+"""Reading cases: one case, pages of cases, a case's timeline, counts. Nothing here writes.
+
+Reads select plain rows through Core, with statements built once: ORM objects (identity map,
+instrumentation) and statement construction cost more than the queries themselves, and a read
+never writes anything back. The credential comes along by an outer join, without its sealed
+value (a read has no use for the ciphertext). Rows become :class:`CaseSnapshot` values in the
+domain's types, so no caller re-spells a state or a step status.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, tuple_
+from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service.domain.credential import CredentialView
+from service.domain.findings import Finding
+from service.domain.states import CaseOutcome, CaseState, StepName, StepStatus
+from service.errors import CaseNotFound, InvalidInput
+from service.persistence.db import Database
+from service.persistence.models import Case, CaseEvent
+from service.persistence.records import CaseSnapshot, EventRecord, StepRecord, case_document, render_document
+
+CASES = SQLModel.metadata.tables["cases"]
+STEPS = SQLModel.metadata.tables["case_steps"]
+CREDENTIALS = SQLModel.metadata.tables["credentials"]
+_CREDENTIAL_COLUMNS = [c.label(f"credential_{c.name}") for c in CREDENTIALS.c if c.name != "sealed"]
+# Every column but the stored document (a snapshot is built from the rows; the document is made from it).
+# Public with STEPS_OF and snapshot_of for the benchmark's seed, which renders documents as the writer does.
+CASE_ROWS = sa_select(*[c for c in CASES.c if c.name != "document"], *_CREDENTIAL_COLUMNS).select_from(
+    CASES.outerjoin(CREDENTIALS, CREDENTIALS.c.case_id == CASES.c.id)
+)
+_DOCUMENT = sa_select(CASES.c.tenant, CASES.c.document).where(CASES.c.id == bindparam("case_id"))
+_GET_CASE = CASE_ROWS.where(CASES.c.id == bindparam("case_id"))
+STEPS_OF = sa_select(STEPS).where(STEPS.c.case_id.in_(bindparam("ids", expanding=True)))
+
+
+def _step(row: Any) -> StepRecord:
+    return StepRecord(
+        name=StepName(row.name),
+        position=row.position,
+        status=StepStatus(row.status),
+        attempts=row.attempts,
+        failures=row.failures,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        error=row.error,
+    )
+
+
+def _credential(row: Any) -> CredentialView | None:
+    if row.credential_case_id is None:
+        return None
+    return CredentialView(
+        applied=row.credential_applied_at is not None,
+        expires_at=row.credential_expires_at,
+        revealed_at=row.credential_revealed_at,
+        revealed_by=row.credential_revealed_by,
+        destroyed_at=row.credential_destroyed_at,
+        destroyed_reason=row.credential_destroyed_reason,
+    )
+
+
+def snapshot_of(row: Any, steps: Sequence[Any]) -> CaseSnapshot:
+    return CaseSnapshot(
+        id=row.id,
+        mailbox=row.mailbox,
+        state=CaseState(row.state),
+        outcome=CaseOutcome(row.outcome) if row.outcome else None,
+        ticket_ref=row.ticket_ref,
+        requested_by=row.requested_by,
+        note=row.note,
+        actions=dict(row.actions),
+        require_approval=row.require_approval,
+        restriction=row.restriction,
+        last_error=row.last_error,
+        next_action_at=row.next_action_at,
+        sending_restored_by=row.sending_restored_by,
+        lease_owner=row.lease_owner,
+        lease_expires_at=row.lease_expires_at,
+        created_by=row.created_by,
+        created_by_kind=row.created_by_kind,
+        created_by_id=row.created_by_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+        version=row.version,
+        steps=tuple(_step(s) for s in sorted(steps, key=lambda s: s.position)),
+        credential=_credential(row),
+        findings=tuple(Finding.from_dict(f) for f in row.findings) if row.findings is not None else None,
+        tenant=row.tenant,
+    )
+
+
+async def _read_rows(connection: AsyncConnection, statement: Any, params: dict[str, Any]) -> list[CaseSnapshot]:
+    rows = (await connection.execute(statement, params)).all()
+    if not rows:
+        return []
+    steps: dict[str, list[Any]] = {r.id: [] for r in rows}
+    for step in (await connection.execute(STEPS_OF, {"ids": list(steps)})).all():
+        steps[step.case_id].append(step)
+    return [snapshot_of(r, steps[r.id]) for r in rows]
+
+
+async def read_in(session: AsyncSession, case_id: str) -> CaseSnapshot:
+    """The case as this transaction sees it (pending ORM changes flushed first)."""
+    await session.flush()
+    found = await _read_rows(await session.connection(), _GET_CASE, {"case_id": case_id})
+    if not found:
+        raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
+    return found[0]
+
+
+async def get_case(db: Database, *, case_id: str) -> CaseSnapshot:
+    async with db.connect_read() as connection:
+        found = await _read_rows(connection, _GET_CASE, {"case_id": case_id})
+    if not found:
+        raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
+    return found[0]
+
+
+_CASE_ID = re.compile(r"^[0-9a-z]{26}$")
+
+
+def _encode_cursor(created_at: datetime, case_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), case_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, case_id = json.loads(raw)
+        if not isinstance(case_id, str) or not _CASE_ID.match(case_id):
+            raise ValueError("not a case id")
+        return datetime.fromisoformat(created), case_id
+    except (binascii.Error, ValueError, TypeError, json.JSONDecodeError):
+        raise InvalidInput("cursor is not one this service gave out", field="cursor") from None
+
+
+def _filtered(
+    query: Any,
+    *,
+    state: CaseState | None,
+    mailbox: str | None,
+    ticket_ref: str | None,
+    is_open: bool | None,
+    tenant: str | None,
+    within: Sequence[str] | None,
+    limit: int,
+    cursor: str | None,
+) -> Any:
+    """A page of cases, newest first: ``query`` with the list's filters, order and one row more than
+    the page (to know whether there is a next one)."""
+    c = CASES.c
+    if tenant is not None:
+        query = query.where(c.tenant == tenant)
+    if within is not None:
+        query = query.where(c.tenant.in_(list(within)))
+    if state is not None:
+        query = query.where(c.state == state.value)
+    if mailbox is not None:
+        query = query.where(c.mailbox == mailbox.lower())
+    if ticket_ref is not None:
+        query = query.where(c.ticket_ref == ticket_ref)
+    if is_open is not None:
+        query = query.where(c.is_open == is_open)
+    if cursor:
+        created_at, case_id = _decode_cursor(cursor)
+        query = query.where(tuple_(c.created_at, c.id) < tuple_(created_at, case_id))
+    return query.order_by(c.created_at.desc(), c.id.desc()).limit(limit + 1)
+
+
+async def list_cases(
+    db: Database,
+    *,
+    state: CaseState | None = None,
+    mailbox: str | None = None,
+    ticket_ref: str | None = None,
+    is_open: bool | None = None,
+    tenant: str | None = None,
+    within: Sequence[str] | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[CaseSnapshot], str | None]:
+    """Newest first; ``next_cursor`` is set when there may be more. ``within``: only these tenants' cases."""
+    query = _filtered(
+        CASE_ROWS,
+        state=state,
+        mailbox=mailbox,
+        ticket_ref=ticket_ref,
+        is_open=is_open,
+        tenant=tenant,
+        within=within,
+        limit=limit,
+        cursor=cursor,
+    )
+    async with db.connect_read() as connection:
+        snapshots = await _read_rows(connection, query, {})
+    more = len(snapshots) > limit
+    snapshots = snapshots[:limit]
+    next_cursor = _encode_cursor(snapshots[-1].created_at, snapshots[-1].id) if more and snapshots else None
+    return snapshots, next_cursor
+
+
+async def get_document(db: Database, *, case_id: str) -> tuple[str | None, bytes]:
+    """A case's tenant and its JSON as served: the stored document, one indexed read.
+
+    A case last written before documents were stored (migration 0010) is rendered from its rows.
+    """
+    async with db.connect_read() as connection:
+        row = (await connection.execute(_DOCUMENT, {"case_id": case_id})).first()
+        if row is None:
+            raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
+        if row.document is not None:
+            return row.tenant, bytes(row.document)
+        found = await _read_rows(connection, _GET_CASE, {"case_id": case_id})
+    return row.tenant, render_document(case_document(found[0]))
+
+
+async def list_documents(
+    db: Database,
+    *,
+    state: CaseState | None = None,
+    mailbox: str | None = None,
+    ticket_ref: str | None = None,
+    is_open: bool | None = None,
+    tenant: str | None = None,
+    within: Sequence[str] | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[bytes], str | None]:
+    """:func:`list_cases` as the stored JSON of each case (rendered for the few written before 0010)."""
+    c = CASES.c
+    query = _filtered(
+        sa_select(c.id, c.created_at, c.document),
+        state=state,
+        mailbox=mailbox,
+        ticket_ref=ticket_ref,
+        is_open=is_open,
+        tenant=tenant,
+        within=within,
+        limit=limit,
+        cursor=cursor,
+    )
+    async with db.connect_read() as connection:
+        rows = (await connection.execute(query)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        missing = [r.id for r in rows if r.document is None]
+        rendered: dict[str, bytes] = {}
+        if missing:
+            statement = CASE_ROWS.where(CASES.c.id.in_(bindparam("ids", expanding=True)))
+            for snapshot in await _read_rows(connection, statement, {"ids": missing}):
+                rendered[snapshot.id] = render_document(case_document(snapshot))
+    documents = [bytes(r.document) if r.document is not None else rendered[r.id] for r in rows]
+    next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    return documents, next_cursor
+
+
+async def list_events(db: Database, *, case_id: str, after_id: int | None = None) -> list[EventRecord]:
+    _, _, events = await timeline_since(db, case_id=case_id, after_id=after_id)
+    return events
+
+
+async def timeline_since(
+    db: Database, *, case_id: str, after_id: int | None = None
+) -> tuple[CaseState, CaseOutcome | None, list[EventRecord]]:
+    """The case's state and outcome, then its events after ``after_id``, in one read.
+
+    The state is read first: if it is terminal, every event up to the terminal change was
+    committed before it, so the events read next include them all (what a live stream needs to
+    know that it may end).
+    """
+    async with db.read() as session:
+        state = (await session.exec(select(Case.state, Case.outcome).where(Case.id == case_id))).first()
+        if state is None:
+            raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
+        query = select(CaseEvent).where(CaseEvent.case_id == case_id)
+        if after_id is not None:
+            query = query.where(col(CaseEvent.id) > after_id)
+        rows = (await session.exec(query.order_by(col(CaseEvent.id)))).all()
+    events = [
+        EventRecord(
+            id=int(r.id or 0),
+            case_id=r.case_id,
+            at=r.at,
+            actor=r.actor,
+            type=r.type,
+            from_state=r.from_state,
+            to_state=r.to_state,
+            step=r.step,
+            detail=dict(r.detail),
+        )
+        for r in rows
+    ]
+    return CaseState(state[0]), CaseOutcome(state[1]) if state[1] else None, events
+
+
+async def count_by_state(db: Database) -> dict[tuple[str | None, CaseState], int]:
+    """Cases by tenant (None: not placed yet) and state."""
+    async with db.read() as session:
+        rows = (
+            await session.exec(select(Case.tenant, Case.state, func.count()).group_by(Case.tenant, Case.state))
+        ).all()
+    return {(tenant, CaseState(state)): int(count) for tenant, state, count in rows}
+
+
+async def open_case_id(db: Database, *, mailbox: str) -> str | None:
+    async with db.read() as session:
+        return await open_case_in(session, mailbox=mailbox)
+
+
+async def open_case_in(session: AsyncSession, *, mailbox: str, other_than: str | None = None) -> str | None:
+    """The id of ``mailbox``'s open case, as this transaction sees it."""
+    query = select(Case.id).where(Case.mailbox == mailbox, col(Case.is_open))
+    if other_than is not None:
+        query = query.where(Case.id != other_than)
+    return (await session.exec(query)).first()

@@ -1,0 +1,392 @@
+"""The one writer of case changes: a :class:`CaseChange` in, one transaction out.
+
+Every path that changes a case (the worker starting or finishing a step, a person approving,
+cancelling or retrying, a step finishing after a cancel, a password revealed or expired) is
+decided in :mod:`service.domain.timeline` as a CaseChange, and written here: one
+compare-and-set on the case's ``version`` (and, for the worker, its lease), the case's fields,
+its step rows, what happens to the sealed password, the timeline events, the audit record and
+the webhook events, all in the same transaction. This module decides nothing; it is the only
+place that inserts timeline events and the only one that performs the compare-and-set.
+
+The compare-and-set policy (:func:`change_case`): decide on the case as read, write if nobody
+changed it since, otherwise read it again and decide again, at most :data:`CAS_ATTEMPTS` times;
+then give up loudly with :class:`~service.errors.ConcurrentUpdate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy import update as sa_update
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from service.domain.audit import AuditSigner
+from service.domain.plan import Actions, build_plan
+from service.domain.states import DONE_STATUSES, TERMINAL_STATES, CaseState, StepStatus
+from service.domain.timeline import (
+    CaseChange,
+    CredentialChange,
+    CredentialMove,
+    EventType,
+    StepWrite,
+    TimelineEvent,
+    WebhookEventType,
+    case_opened,
+    tenant_assigned,
+    webhooks_of,
+)
+from service.errors import ConcurrentUpdate, OpenCaseExists
+from service.logging import get_logger
+from service.persistence import audit, outbox
+from service.persistence.db import Database
+from service.persistence.models import Case, CaseEvent, CaseStep, Credential
+from service.persistence.records import CaseSnapshot, case_document, render_document
+from service.persistence.snapshots import CASES, STEPS, open_case_in, read_in
+
+log = get_logger(__name__)
+
+#: How many times a change is decided and written before a case that keeps changing is given up on.
+CAS_ATTEMPTS = 5
+#: The PostgreSQL channel that wakes workers when a case becomes due.
+NOTIFY_CHANNEL = "unblock_work"
+
+_CREDENTIAL_EVENTS = frozenset(
+    {EventType.credential_available, EventType.credential_revealed, EventType.credential_expired}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSecret:
+    key_id: str
+    blob: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A change that was written: the case after it, and what it took out of the credential store."""
+
+    case: CaseSnapshot
+    change: CaseChange
+    secret: SealedSecret | None = None  # the sealed password a reveal handed out
+
+
+Build = Callable[[CaseSnapshot], CaseChange | None]
+
+
+async def change_case(
+    db: Database,
+    *,
+    case_id: str,
+    build: Build,
+    now: datetime,
+    signer: AuditSigner | None = None,
+    lease_owner: str | None = None,
+    known: CaseSnapshot | None = None,
+) -> Written | None:
+    """Decide (``build``) on the case and write the change, under the one compare-and-set policy.
+
+    ``known`` is the case as the caller last read it: the first decision is made on it without
+    reading again (the worker's common case). ``build`` returns None when there is nothing to
+    write (the case moved on so that the caller's change no longer applies); so does this.
+    ``lease_owner``: the change must be made by the worker holding the case's lease.
+    """
+    for attempt in range(CAS_ATTEMPTS):
+        async with db.write() as session:
+            case = known if attempt == 0 and known is not None else await read_in(session, case_id)
+            change = build(case)
+            if change is None:
+                return None
+            written = await write_change(session, case, change, now=now, signer=signer, lease_owner=lease_owner)
+            if written is not None:
+                return written
+    log.error("case_kept_changing", case_id=case_id, attempts=CAS_ATTEMPTS)
+    raise ConcurrentUpdate(f"case {case_id} changed {CAS_ATTEMPTS} times while this change was being made; try again")
+
+
+async def write_change(
+    session: AsyncSession,
+    case: CaseSnapshot,
+    change: CaseChange,
+    *,
+    now: datetime,
+    signer: AuditSigner | None,
+    lease_owner: str | None,
+) -> Written | None:
+    """Write ``change`` to ``case`` in the caller's transaction; None if the compare-and-set lost."""
+    if change.before in TERMINAL_STATES and change.after not in TERMINAL_STATES:
+        other = await open_case_in(session, mailbox=case.mailbox, other_than=case.id)
+        if other is not None:
+            raise OpenCaseExists(other, f"{case.mailbox} has another open case; this one cannot reopen")
+    holder = lease_owner if change.lease is not None else None
+    if not await _cas(session, case=case, values=_case_values(change, now, lease_owner), lease_owner=holder):
+        return None
+    await _set_steps(session, case_id=case.id, writes=change.steps, now=now)
+    moved, secret = await _move_credential(session, case_id=case.id, credential=change.credential, now=now)
+    events = change.events if moved else tuple(e for e in change.events if e.type not in _CREDENTIAL_EVENTS)
+    insert_events(session, case_id=case.id, at=now, events=events)
+    if change.audit is not None:
+        if signer is None:
+            raise AssertionError("a change with an audit note needs the audit signer")
+        await audit.append(
+            session,
+            signer=signer,
+            at=now,
+            actor=change.audit.actor,
+            action=change.audit.action,
+            target=case.id,
+            detail=change.audit.detail,
+        )
+    if change.notify:
+        await notify_workers(session, case.id)
+    after = await read_in(session, case.id)
+    await store_document(session, after)
+    await _emit_webhooks(session, after, change, events, now)
+    return Written(after, change, secret)
+
+
+async def store_document(session: AsyncSession, case: CaseSnapshot) -> None:
+    """Keep the case's served JSON with its version, in the transaction that made the version.
+
+    Every write of a case passes here (or through insert_case / assign_tenant, which call it), so
+    the stored document is never older than the rows it is rendered from; reads serve it as is.
+    """
+    await session.exec(
+        sa_update(CASES).where(CASES.c.id == case.id).values(document=render_document(case_document(case)))
+    )
+
+
+def _case_values(change: CaseChange, now: datetime, lease_owner: str | None) -> dict[str, Any]:
+    values: dict[str, Any] = {"updated_at": now}
+    if change.changes_state:
+        terminal = change.after in TERMINAL_STATES
+        values.update(state=change.after.value, is_open=not terminal, finished_at=now if terminal else None)
+    decision = change.decision
+    if decision is not None:
+        terminal = decision.state in TERMINAL_STATES
+        values.update(
+            state=decision.state.value,
+            outcome=decision.outcome.value if decision.outcome else None,
+            is_open=not terminal,
+            last_error=decision.last_error,
+            next_action_at=decision.next_action_at,
+            finished_at=now if terminal else None,
+        )
+        if decision.restriction is not None:
+            values["restriction"] = decision.restriction
+        if decision.sending_restored_by is not None:
+            values["sending_restored_by"] = decision.sending_restored_by
+        if decision.findings is not None:
+            values["findings"] = [finding.as_dict() for finding in decision.findings]
+    if change.lease is not None:
+        until = change.lease.until
+        values.update(lease_owner=lease_owner if until is not None else None, lease_expires_at=until)
+    return values
+
+
+async def _cas(session: AsyncSession, *, case: CaseSnapshot, values: dict[str, Any], lease_owner: str | None) -> bool:
+    """The compare-and-set: the row changes only if nobody changed it since ``case`` was read."""
+    # Core, not an ORM bulk update: no identity-map synchronisation to pay for (snapshots are
+    # read back as rows, so no ORM Case objects are kept in the session).
+    c = CASES.c
+    statement = sa_update(CASES).where(c.id == case.id, c.version == case.version)
+    if lease_owner is not None:
+        statement = statement.where(c.lease_owner == lease_owner)
+    connection = await session.connection()
+    result = await connection.execute(statement.values(**values, version=case.version + 1))
+    return bool(result.rowcount == 1)
+
+
+def _step_values(write: StepWrite, now: datetime) -> dict[str, Any]:
+    if write.attempts is not None:  # a start: count the attempt; the last error stays visible
+        values: dict[str, Any] = {"status": write.status.value, "attempts": write.attempts}
+        if write.started:
+            values["started_at"] = now
+        return values
+    values = {"status": write.status.value, "error": write.error}
+    if write.status in DONE_STATUSES or write.status is StepStatus.failed:
+        values["finished_at"] = now
+    if write.status is StepStatus.succeeded:
+        values.update(failures=0, error=None)
+    if write.reset_counters:
+        values.update(attempts=0, failures=0, started_at=None, finished_at=None, error=None)
+    if write.failures is not None:
+        values["failures"] = write.failures
+    return values
+
+
+async def _set_steps(session: AsyncSession, *, case_id: str, writes: Iterable[StepWrite], now: datetime) -> None:
+    connection = await session.connection()
+    for write in writes:
+        await connection.execute(
+            sa_update(STEPS)
+            .where(STEPS.c.case_id == case_id, STEPS.c.name == write.name.value)
+            .values(**_step_values(write, now))
+        )
+
+
+async def _move_credential(
+    session: AsyncSession, *, case_id: str, credential: CredentialChange | None, now: datetime
+) -> tuple[bool, SealedSecret | None]:
+    """Apply the change's credential move; (did it change anything, the sealed value a reveal took)."""
+    if credential is None:
+        return False, None
+    row = (await session.exec(select(Credential).where(Credential.case_id == case_id).with_for_update())).first()
+    move = credential.move
+    if move is CredentialMove.store:
+        if row is None:
+            row = Credential(case_id=case_id, key_id=credential.key_id, sealed=credential.sealed, created_at=now)
+        else:
+            row.key_id, row.sealed, row.created_at = credential.key_id, credential.sealed, now
+            row.applied_at = row.expires_at = row.revealed_at = row.destroyed_at = None
+            row.revealed_by = row.destroyed_reason = None
+        session.add(row)
+        return True, None
+    if row is None or row.destroyed_at is not None:
+        return False, None
+    secret = None
+    if move is CredentialMove.apply:
+        if row.applied_at is not None:
+            return False, None
+        row.applied_at, row.expires_at = now, credential.expires_at
+    elif move is CredentialMove.reveal:
+        if row.sealed is None:
+            return False, None
+        secret = SealedSecret(row.key_id, bytes(row.sealed))
+        row.sealed, row.revealed_at, row.revealed_by = None, now, credential.by
+        row.destroyed_at, row.destroyed_reason = now, "revealed"
+    else:  # destroy, expire
+        row.sealed, row.destroyed_at, row.destroyed_reason = None, now, credential.reason
+    session.add(row)
+    return True, secret
+
+
+def insert_events(session: AsyncSession, *, case_id: str, at: datetime, events: Iterable[TimelineEvent]) -> None:
+    """The timeline rows of a change (the only place that writes them)."""
+    session.add_all(
+        CaseEvent(
+            case_id=case_id,
+            at=at,
+            actor=event.actor,
+            type=event.type.value,
+            from_state=event.from_state.value if event.from_state else None,
+            to_state=event.to_state.value if event.to_state else None,
+            step=event.step.value if event.step else None,
+            detail=event.detail,
+        )
+        for event in events
+    )
+
+
+async def _emit_webhooks(
+    session: AsyncSession, case: CaseSnapshot, change: CaseChange, written: tuple[TimelineEvent, ...], now: datetime
+) -> None:
+    sent = webhooks_of(CaseChange(change.before, change.after, events=written), at=outbox.timestamp(now))
+    if not sent:
+        return
+    document = case_document(case)
+    for kind, extra in sent:
+        await outbox.emit(
+            session,
+            type=kind.value,
+            at=now,
+            data={"case": document, **extra},
+            case_id=case.id,
+            ordering_key=f"case:{case.id}",
+            tenant=case.tenant,
+        )
+
+
+async def notify_workers(session: AsyncSession, payload: str = "") -> None:
+    """Wake waiting workers when this transaction commits (PostgreSQL; SQLite's workers poll)."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewCase:
+    mailbox: str
+    ticket_ref: str | None
+    requested_by: str | None
+    note: str | None
+    actions: Actions
+    require_approval: bool
+    created_by_kind: str | None = None
+    created_by_id: str | None = None
+    tenant: str | None = None
+
+
+async def insert_case(session: AsyncSession, *, new: NewCase, actor: str, now: datetime) -> CaseSnapshot:
+    """Within a caller's transaction: the case, its planned steps, its first event and case.created."""
+    existing = await open_case_in(session, mailbox=new.mailbox)
+    if existing is not None:
+        raise OpenCaseExists(existing, f"{new.mailbox} already has an open case")
+    case = Case(
+        mailbox=new.mailbox,
+        tenant=new.tenant,
+        state=CaseState.received.value,
+        ticket_ref=new.ticket_ref,
+        requested_by=new.requested_by,
+        note=new.note,
+        actions=new.actions.as_dict(),
+        require_approval=new.require_approval,
+        next_action_at=now,
+        created_by=actor,
+        created_by_kind=new.created_by_kind,
+        created_by_id=new.created_by_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(case)
+    plan = build_plan(new.actions)
+    session.add_all(
+        CaseStep(case_id=case.id, name=step.value, position=i, status=StepStatus.pending.value)
+        for i, step in enumerate(plan)
+    )
+    opened = case_opened(
+        mailbox=new.mailbox,
+        ticket_ref=new.ticket_ref,
+        actions=new.actions.as_dict(),
+        plan=[s.value for s in plan],
+        actor=actor,
+    )
+    insert_events(session, case_id=case.id, at=now, events=(opened,))
+    snapshot = await read_in(session, case.id)
+    await store_document(session, snapshot)
+    await outbox.emit(
+        session,
+        type=WebhookEventType.case_created.value,
+        at=now,
+        data={"case": case_document(snapshot)},
+        case_id=case.id,
+        ordering_key=f"case:{case.id}",
+        tenant=snapshot.tenant,
+    )
+    await notify_workers(session, case.id)
+    return snapshot
+
+
+async def assign_tenant(db: Database, *, case_id: str, tenant: str, now: datetime) -> bool:
+    """Set the tenant of a case intake could not place, once (only while it has none), with its event.
+
+    The tenant is written once and never changed, so this does not take part in the case's
+    compare-and-set (its version stays): a worker holding the case's lease goes on with its step.
+    """
+    async with db.write() as session:
+        connection = await session.connection()
+        c = CASES.c
+        result = await connection.execute(
+            sa_update(CASES).where(c.id == case_id, c.tenant.is_(None)).values(tenant=tenant, updated_at=now)
+        )
+        if result.rowcount != 1:
+            return False
+        insert_events(session, case_id=case_id, at=now, events=(tenant_assigned(tenant),))
+        await store_document(session, await read_in(session, case_id))
+    return True

@@ -1,0 +1,62 @@
+"""Which tenant a mailbox belongs to, and who sees which tenant (service.domain.tenancy)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.domain.tenancy import TenantDomains, check_name, route, visible
+from service.errors import AmbiguousTenant, ForeignMailbox, InvalidInput, UnknownTenant
+
+CONTOSO = TenantDomains("default", True, ("contoso.com", "contoso.onmicrosoft.com"))
+FABRIKAM = TenantDomains("fabrikam", True, ("fabrikam.com",))
+
+
+def test_the_tenant_whose_domains_hold_the_mailbox() -> None:
+    assert route("mia@fabrikam.com", [CONTOSO, FABRIKAM]) == "fabrikam"
+    assert route("rob@CONTOSO.com".lower(), [CONTOSO, FABRIKAM]) == "default"
+
+
+def test_a_named_tenant_must_exist_take_cases_and_accept_the_domain() -> None:
+    assert route("mia@fabrikam.com", [CONTOSO, FABRIKAM], requested="fabrikam") == "fabrikam"
+    with pytest.raises(UnknownTenant):
+        route("mia@fabrikam.com", [CONTOSO], requested="fabrikam")
+    with pytest.raises(UnknownTenant):
+        route("mia@fabrikam.com", [CONTOSO, TenantDomains("fabrikam", False, ("fabrikam.com",))], requested="fabrikam")
+    with pytest.raises(ForeignMailbox):
+        route("rob@contoso.com", [CONTOSO, FABRIKAM], requested="fabrikam")
+    # A named tenant whose domains are not known yet takes the case; the worker checks the domain.
+    assert route("x@new.example", [TenantDomains("new", True, None)], requested="new") == "new"
+
+
+def test_no_tenant_is_foreign_once_all_domains_are_known_and_undecided_before() -> None:
+    with pytest.raises(ForeignMailbox) as refused:
+        route("eve@tailspin.example", [CONTOSO, FABRIKAM])
+    assert refused.value.context["domain"] == "tailspin.example"
+    assert route("eve@tailspin.example", [CONTOSO, TenantDomains("new", True, None)]) is None
+    # The only tenant takes it while its domains are unknown (as before tenants: the worker checks).
+    assert route("eve@tailspin.example", [TenantDomains("default", True, None)]) == "default"
+    # A disabled tenant neither takes cases nor keeps intake waiting for its domains.
+    with pytest.raises(ForeignMailbox):
+        route("eve@tailspin.example", [CONTOSO, TenantDomains("old", False, None)])
+
+
+def test_two_tenants_accepting_a_domain_is_ambiguous() -> None:
+    twin = TenantDomains("twin", True, ("fabrikam.com",))
+    with pytest.raises(AmbiguousTenant):
+        route("mia@fabrikam.com", [CONTOSO, FABRIKAM, twin])
+    assert route("mia@fabrikam.com", [CONTOSO, FABRIKAM, twin], requested="twin") == "twin"
+
+
+def test_names() -> None:
+    assert check_name(" Fabrikam ") == "fabrikam"
+    for bad in ("", "-x", "x-", "a_b", "a" * 33, "ünïcode", "a b"):
+        with pytest.raises(InvalidInput):
+            check_name(bad)
+
+
+def test_visibility() -> None:
+    assert visible("fabrikam", None)
+    assert visible(None, None)
+    assert visible("fabrikam", ["fabrikam"])
+    assert not visible("default", ["fabrikam"])
+    assert not visible(None, ["fabrikam"])
