@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -10,10 +11,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import httpx
+import psutil
 from sqlalchemy import create_engine, text
 
 from bench.processes import (
@@ -22,6 +26,7 @@ from bench.processes import (
     make_key,
     migrate,
     service_env,
+    start_floor,
     start_sandbox,
     start_serve,
     start_worker,
@@ -79,18 +84,25 @@ def _wait_end(client: httpx.Client, case_id: str) -> None:
 # --- 1. overhead against the endpoint's floor ------------------------------------------------
 
 
-def overhead(pg: str, cases: int) -> dict[str, Any]:
-    sandbox, url = start_sandbox()
+@contextmanager
+def _sqlite_database() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="unblock-bench-") as folder:
+        yield f"sqlite:///{folder}/bench.db"
+
+
+def overhead(pg: str, cases: int, *, sqlite: bool = False) -> dict[str, Any]:
+    """Cases one after another through `unblock serve`; on PostgreSQL, or on an SQLite file with ``sqlite``."""
+    sandbox, url = start_sandbox(name="sandbox-sqlite" if sqlite else "sandbox")
     tenant = Tenant(url)
     try:
         tenant.configure(latency_ms={"*": COMMAND_MS, "Connect-*": CONNECT_MS}, unblock_limit_per_day=100_000)
         mailboxes = [f"seq{i}@contoso.com" for i in range(cases)]
         tenant.restricted_users(mailboxes)
-        with bench_database(pg) as database_url:
+        with _sqlite_database() if sqlite else bench_database(pg) as database_url:
             env = service_env(database_url, sandbox_port(url), UNBLOCK_PS_POOL_SIZE=4)
             migrate(env)
             key = make_key(env)
-            serve, base = start_serve(env)
+            serve, base = start_serve(env, name="serve-sqlite" if sqlite else "serve")
             try:
                 tenant.wait_connects(2 * 4)
                 rows = _sequential(base, key, tenant, mailboxes)
@@ -110,6 +122,12 @@ def overhead(pg: str, cases: int) -> dict[str, Any]:
         "overhead_ratio_p99": pct(ratios, 0.99),
         "dispatch_ms_p50": statistics.median(dispatch),
         "dispatch_ms_p99": pct(dispatch, 0.99),
+        # idle time at the endpoint between the case's commands, summed per case (the median case)
+        "between_commands_ms_p50": statistics.median(sum(g for _, g in r["gaps"]) for r in rows),
+        # from the last command's end until the client saw the case end (recording, the live stream)
+        "tail_ms_p50": statistics.median(
+            (r["e2e"] - r["dispatch"] - r["floor"]) * 1000 - sum(g for _, g in r["gaps"]) for r in rows
+        ),
         "sequence": rows[0]["sequence"],
     }
 
@@ -133,6 +151,22 @@ def busy_seconds(calls: list[dict[str, Any]]) -> float:
         total += finish - max(begin, end)
         end = finish
     return total
+
+
+def gaps(calls: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """Where the service kept the endpoint idle: before each command after the first, the
+    milliseconds since the endpoint last had one of the case's commands running (0 for reads sent
+    together)."""
+    ordered = sorted(calls, key=lambda c: datetime.fromisoformat(c["at"]))
+    result: list[tuple[str, float]] = []
+    busy_until: float | None = None
+    for call in ordered:
+        start = datetime.fromisoformat(call["at"]).timestamp()
+        if busy_until is not None:
+            result.append((call["cmdlet"], max(0.0, start - busy_until) * 1000))
+        end = start + _latency_of(call["cmdlet"])
+        busy_until = end if busy_until is None else max(busy_until, end)
+    return result
 
 
 def sandbox_port(url: str) -> int:
@@ -160,6 +194,7 @@ def _sequential(base: str, key: str, tenant: Tenant, mailboxes: list[str]) -> li
                 {
                     "e2e": e2e,
                     "floor": busy_seconds(calls),
+                    "gaps": gaps(calls),
                     "commands": len(calls),
                     "dispatch": (first - datetime.fromisoformat(case["created_at"])).total_seconds(),
                     "sequence": [c["cmdlet"] for c in calls],
@@ -185,8 +220,10 @@ def throughput(pg: str, cases: int, pool_size: int, per_case_floor: float) -> di
             serve, base = start_serve(env, name=f"serve-pool{pool_size}")
             try:
                 tenant.wait_connects(2 * pool_size)
+                before = _cpu_seconds(serve, sandbox)
                 asyncio.run(_create_all(base, key, mailboxes))
                 makespan = _wait_closed(database_url, cases)
+                after = _cpu_seconds(serve, sandbox)
             finally:
                 serve.stop()
     finally:
@@ -200,6 +237,33 @@ def throughput(pg: str, cases: int, pool_size: int, per_case_floor: float) -> di
         "cases_per_s": achieved,
         "ideal_cases_per_s": ideal,
         "efficiency": achieved / ideal,
+        # CPU seconds per case, by process: the service, the sandbox tenant, the PostgreSQL server
+        "cpu_ms_per_case": {k: (after[k] - before[k]) * 1000 / cases for k in after},
+        "cpu_busy_of_machine": sum(after[k] - before[k] for k in after) / (makespan * (os.cpu_count() or 1)),
+    }
+
+
+def _cpu_seconds(serve: Proc, sandbox: Proc) -> dict[str, float]:
+    """User + system CPU used so far by the service, the sandbox and every PostgreSQL server process.
+
+    Each side is counted apart, so the sandbox's work (it stands in for Exchange Online) is not
+    the service's. Server processes that come and go between two readings (a backend per new
+    connection) are counted only while they live, which the pooled service's few do throughout.
+    """
+
+    def used(process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    database = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in ("postgres", "postmaster"):
+            with contextlib.suppress(psutil.Error):
+                database += used(process)
+    return {
+        "service": used(psutil.Process(serve.pid)),
+        "sandbox": used(psutil.Process(sandbox.pid)),
+        "database": database,
     }
 
 
@@ -278,11 +342,25 @@ def api_load(pg: str, total: int, concurrency: int, duration: float) -> dict[str
                 paths = handle.name
             get = _loadgen(base, ["--path-file", paths, "--header", auth], concurrency, duration)
             listing = _loadgen(f"{base}/v1/cases?state=resolved&limit=50", ["--header", auth], concurrency, duration)
-            os.unlink(paths)
             api_rss = serve.rss_mb()
         finally:
             serve.stop()
-    return {"cases": total, "seed_s": seeded, "get": get, "list": listing, "api_rss_mb": api_rss}
+        floor, floor_base = start_floor(database_url)
+        try:
+            floor_get = _loadgen(floor_base, ["--path-file", paths, "--header", auth], concurrency, duration)
+        finally:
+            floor.stop()
+            os.unlink(paths)
+    return {
+        "cases": total,
+        "seed_s": seeded,
+        "get": get,
+        "list": listing,
+        "api_rss_mb": api_rss,
+        "floor_get": floor_get,
+        "get_p99_vs_floor": get["p99_ms"] / floor_get["p99_ms"],
+        "get_rps_vs_floor": floor_get["rps"] / get["rps"],
+    }
 
 
 def _loadgen(url: str, extra: list[str], concurrency: int, duration: float) -> dict[str, Any]:

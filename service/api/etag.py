@@ -1,9 +1,9 @@
 """Entity tags for GET responses, so pollers can ask "has it changed?" and get 304 Not Modified.
 
 The tag is a digest of the response body as sent: always right, whatever changed the case (a
-step, a person, a reveal, an expiry), with nothing to keep in step. The body is still built for
-a 304; what a poller saves is the transfer and its own parsing (storing the rendered document per
-version, to save building it too, is the performance issue's business).
+step, a person, a reveal, an expiry), with nothing to keep in step. The body is the document the
+one writer stored with the case's version, so answering either way is one indexed read and a
+hash; what a 304 saves a poller is the transfer and its own parsing.
 """
 
 from __future__ import annotations

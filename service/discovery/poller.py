@@ -87,10 +87,14 @@ class Discovery:
         return [t for t in await tenants.every(self.runtime.db, self.runtime.settings) if t.enabled]
 
     async def _loop(self) -> None:
-        with contextlib.suppress(Unavailable):
+        try:
             for tenant in await self._tenants():  # on start, whoever holds the lease
                 with contextlib.suppress(BridgeError, TenantNotFound):
                     await self.refresh_domains(tenant.name)
+        except Unavailable:
+            pass
+        except Exception as error:  # logged; the reads below carry on regardless
+            log.error("tenant_reader_failed", error_class=type(error).__name__, exc_info=error)
         resting: dict[str, float] = {}  # a tenant whose endpoint failed rests a while (no hammering)
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
@@ -112,6 +116,8 @@ class Discovery:
                         await self._note_failure(tenant, error)
             except Unavailable:
                 pass  # the database logs its own outage, once; the next tick looks again
+            except Exception as error:  # a bug must not end the tenant reader silently for good
+                log.error("tenant_reader_failed", error_class=type(error).__name__, exc_info=error)
             await self._sleep(TICK_SECONDS)
 
     async def _note_failure(self, tenant: TenantRecord, error: Exception) -> None:

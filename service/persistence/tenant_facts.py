@@ -9,15 +9,21 @@ tenant from the start; one tenant, ``default``, today.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.domain.tenant import Restriction
+from service.logging import get_logger
 from service.persistence.db import Database
 from service.persistence.models import RestrictedSender, TenantFacts
+
+log = get_logger(__name__)
 
 DEFAULT_TENANT = "default"
 
@@ -62,9 +68,22 @@ async def load(db: Database, *, tenant: str = DEFAULT_TENANT) -> Facts:
         return _facts(await session.get(TenantFacts, tenant), tenant)
 
 
+_ENSURE = text("INSERT INTO tenant_facts (tenant) VALUES (:tenant) ON CONFLICT (tenant) DO NOTHING")
+
+
 async def _row(session: AsyncSession, tenant: str) -> TenantFacts:
-    found = await session.get(TenantFacts, tenant)
-    return found if found is not None else TenantFacts(tenant=tenant)
+    """The tenant's row, created if missing, held for this transaction.
+
+    Created with INSERT ... ON CONFLICT DO NOTHING, not read-then-add: a worker starting up reads
+    the accepted domains in two places at once (its first case and its tenant reader), and on
+    PostgreSQL both would insert the same row and one would fail.
+    """
+    connection = await session.connection()
+    await connection.execute(_ENSURE, {"tenant": tenant})
+    found = await session.get(TenantFacts, tenant, with_for_update=True)
+    if found is None:  # pragma: no cover - inserted or present just above, in this transaction
+        raise AssertionError(f"tenant_facts row {tenant} vanished")
+    return found
 
 
 async def store_domains(db: Database, *, domains: list[str], now: datetime, tenant: str = DEFAULT_TENANT) -> None:
@@ -109,21 +128,61 @@ async def note_sender(
     tenant: str = DEFAULT_TENANT,
 ) -> None:
     """What a step just learned about one address: listed (with its fields) or not listed."""
-    key = address.lower()
     async with db.write() as session:
-        row = await session.get(RestrictedSender, key)
-        if restriction is None:
-            if row is not None and row.cleared_at is None:
-                row.cleared_at = now
-                session.add(row)
-            return
-        if row is None:
-            row = RestrictedSender(address=key, tenant=tenant, first_seen_at=now, last_seen_at=now, case_id=case_id)
-        elif row.cleared_at is not None:
-            row.first_seen_at = now
-            row.case_id = case_id
-        apply_restriction(row, restriction, now)
-        session.add(row)
+        await note_sender_in(session, address=address, restriction=restriction, now=now, case_id=case_id, tenant=tenant)
+
+
+def sender_note(
+    *,
+    address: str,
+    restriction: Restriction | None,
+    now: datetime,
+    case_id: str | None,
+    tenant: str = DEFAULT_TENANT,
+) -> Callable[[AsyncSession], Awaitable[None]]:
+    """:func:`note_sender` to run inside another change's transaction (the writer's ``along``), never failing it.
+
+    In a savepoint: if a full listing stored the same address at the same moment (the one
+    conflict possible), only the note is undone; the listing has the address anyway.
+    """
+
+    async def note(session: AsyncSession) -> None:
+        try:
+            async with session.begin_nested():
+                await note_sender_in(
+                    session, address=address, restriction=restriction, now=now, case_id=case_id, tenant=tenant
+                )
+        except IntegrityError:
+            log.info("sender_note_skipped", reason="stored by a full listing at the same moment")
+
+    return note
+
+
+async def note_sender_in(
+    session: AsyncSession,
+    *,
+    address: str,
+    restriction: Restriction | None,
+    now: datetime,
+    case_id: str | None,
+    tenant: str = DEFAULT_TENANT,
+) -> None:
+    """:func:`note_sender` inside the caller's transaction (the worker's, recording the step)."""
+    key = address.lower()
+    row = await session.get(RestrictedSender, key)
+    if restriction is None:
+        if row is not None and row.cleared_at is None:
+            row.cleared_at = now
+            session.add(row)
+        return
+    if row is None:
+        row = RestrictedSender(address=key, tenant=tenant, first_seen_at=now, last_seen_at=now, case_id=case_id)
+    elif row.cleared_at is not None:
+        row.first_seen_at = now
+        row.case_id = case_id
+    apply_restriction(row, restriction, now)
+    session.add(row)
+    await session.flush()
 
 
 async def senders(db: Database, *, tenant: str = DEFAULT_TENANT) -> tuple[list[SenderRow], datetime | None]:

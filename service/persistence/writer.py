@@ -15,7 +15,7 @@ then give up loudly with :class:`~service.errors.ConcurrentUpdate`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,9 +73,11 @@ class Written:
     case: CaseSnapshot
     change: CaseChange
     secret: SealedSecret | None = None  # the sealed password a reveal handed out
+    then: Written | None = None  # the change ``then`` made in the same transaction, if any
 
 
 Build = Callable[[CaseSnapshot], CaseChange | None]
+Along = Callable[[AsyncSession], Awaitable[None]]
 
 
 async def change_case(
@@ -87,6 +89,8 @@ async def change_case(
     signer: AuditSigner | None = None,
     lease_owner: str | None = None,
     known: CaseSnapshot | None = None,
+    then: Build | None = None,
+    along: Along | None = None,
 ) -> Written | None:
     """Decide (``build``) on the case and write the change, under the one compare-and-set policy.
 
@@ -94,6 +98,15 @@ async def change_case(
     reading again (the worker's common case). ``build`` returns None when there is nothing to
     write (the case moved on so that the caller's change no longer applies); so does this.
     ``lease_owner``: the change must be made by the worker holding the case's lease.
+
+    ``then`` decides a second change on the case as the first left it, written in the same
+    transaction (the worker records a step's result and starts the next step in one commit).
+    The first change holds the case's row, so the second's compare-and-set cannot lose; the
+    stored document is rendered once, from the case as the transaction leaves it.
+
+    ``along`` writes what else belongs with the change (not the case's own rows: the worker's
+    note of what a step saw of the restricted list) in the same transaction, once the change is
+    written; it must not fail the change.
     """
     for attempt in range(CAS_ATTEMPTS):
         async with db.write() as session:
@@ -101,9 +114,26 @@ async def change_case(
             change = build(case)
             if change is None:
                 return None
-            written = await write_change(session, case, change, now=now, signer=signer, lease_owner=lease_owner)
-            if written is not None:
+            written = await write_change(
+                session, case, change, now=now, signer=signer, lease_owner=lease_owner, store=then is None
+            )
+            if written is None:
+                continue
+            if along is not None:
+                await along(session)
+            if then is None:
                 return written
+            follow = then(written.case)
+            followed = None
+            if follow is not None:
+                followed = await write_change(
+                    session, written.case, follow, now=now, signer=signer, lease_owner=lease_owner
+                )
+                if followed is None:  # cannot happen while the first change holds the row; never half-write
+                    raise AssertionError(f"case {case_id} changed inside the transaction that changed it")
+            else:
+                await store_document(session, written.case)
+            return Written(written.case, written.change, written.secret, then=followed)
     log.error("case_kept_changing", case_id=case_id, attempts=CAS_ATTEMPTS)
     raise ConcurrentUpdate(f"case {case_id} changed {CAS_ATTEMPTS} times while this change was being made; try again")
 
@@ -116,8 +146,13 @@ async def write_change(
     now: datetime,
     signer: AuditSigner | None,
     lease_owner: str | None,
+    store: bool = True,
 ) -> Written | None:
-    """Write ``change`` to ``case`` in the caller's transaction; None if the compare-and-set lost."""
+    """Write ``change`` to ``case`` in the caller's transaction; None if the compare-and-set lost.
+
+    ``store``: keep the case's document with this version (False only when the caller writes
+    another change in the same transaction and stores the document after that).
+    """
     if change.before in TERMINAL_STATES and change.after not in TERMINAL_STATES:
         other = await open_case_in(session, mailbox=case.mailbox, other_than=case.id)
         if other is not None:
@@ -144,7 +179,8 @@ async def write_change(
     if change.notify:
         await notify_workers(session, case.id)
     after = await read_in(session, case.id)
-    await store_document(session, after)
+    if store:
+        await store_document(session, after)
     await _emit_webhooks(session, after, change, events, now)
     return Written(after, change, secret)
 

@@ -203,6 +203,20 @@ def _wsman(o: EndpointOptions, timeout: float) -> WSMan:
     )
 
 
+def _settle(wsman: WSMan) -> None:
+    """Stop requests from reading the environment again on every PSRP message.
+
+    pypsrp reads the proxy and CA settings from the environment once, when it builds its
+    requests session on the first message (we ask for no proxy, so none is used either way), and
+    leaves ``trust_env`` on, so requests scans the environment for proxies again on every later
+    request: measurable CPU on each of the two or three messages a command costs. What the
+    environment said is already in the session; turning ``trust_env`` off keeps it.
+    """
+    session = getattr(getattr(wsman, "transport", None), "session", None)
+    if session is not None:
+        session.trust_env = False
+
+
 def ping(options: EndpointOptions, timeout: float) -> bool:
     """Does the endpoint answer an authenticated WS-Management request at all?"""
     wsman = _wsman(options, timeout)
@@ -255,6 +269,7 @@ class Runspace:
         except TRANSPORT_ERRORS as error:
             self.close()
             raise _transport_failure(error) from error
+        _settle(self._wsman)
         if o.connect_in_session:
             self._bootstrap(deadline)
         self.calls = 0  # the connects do not count towards recycling

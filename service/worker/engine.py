@@ -24,13 +24,14 @@ from service.domain.password import generate_password
 from service.domain.retry import RetryPolicy
 from service.domain.states import CaseState, StepName, StepStatus
 from service.domain.tenancy import DEFAULT_TENANT, TenantDomains, route
+from service.domain.tenant import Restriction
 from service.domain.timeline import CaseChange, CredentialChange, CredentialMove
 from service.domain.transitions import apply
 from service.errors import BridgeError, ForeignMailbox, InvalidInput, TenantNotFound, Unavailable
 from service.logging import bound, get_logger, secret_in_flight
 from service.persistence import cases, tenant_facts, tenants, writer
 from service.persistence.records import CaseSnapshot, Claim
-from service.persistence.writer import SealedSecret, Written, change_case
+from service.persistence.writer import Along, SealedSecret, Written, change_case
 from service.powershell.port import GatewayDirectory, TenantGateway
 from service.runtime import Runtime
 from service.security.sealing import Sealed, Sealer
@@ -79,23 +80,28 @@ class Engine:
             case = await self._durably(lambda: cases.load_claimed(db, case_id=claim.case_id))
             if case.lease_owner != self.worker_id:
                 return
+            # True when the write that recorded the last step also started the next one (one commit
+            # per step boundary). Only our own write says so: a running step found on a claimed case
+            # was left by a worker that died, and is started again (a new attempt, with its precheck).
+            begun = False
             while True:
                 step = rules.next_step(case.view())
                 now = self.now()
-                if step is None or case.next_action_at is None or case.next_action_at > now:
+                if step is None or (not begun and (case.next_action_at is None or case.next_action_at > now)):
                     await self._durably(
                         lambda: cases.release_lease(db, case_id=claim.case_id, worker_id=self.worker_id)
                     )
                     return
-                after = await self._run_step(case, step)
-                if after is None:
+                ran = await self._run_step(case, step, begun=begun)
+                if ran is None:
                     # The write was refused: someone else changed the case, or a write whose answer an
                     # outage swallowed did land. Carry on only if the case is still ours.
                     current = await self._durably(lambda: cases.load_claimed(db, case_id=claim.case_id))
                     if current.lease_owner != self.worker_id or current.version == case.version:
                         return
-                    after = current
-                case = after
+                    case, begun = current, False
+                else:
+                    case, begun = ran
                 if case.lease_owner != self.worker_id:
                     return
 
@@ -115,16 +121,27 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, DB_RETRY_MAX)
 
-    async def _run_step(self, case: CaseSnapshot, step: StepName) -> CaseSnapshot | None:
+    async def _run_step(self, case: CaseSnapshot, step: StepName, *, begun: bool) -> tuple[CaseSnapshot, bool] | None:
+        """Start ``step`` (unless ``begun``: the last write did), run it, record its result.
+
+        Returns the case as recorded and whether that write also started the next step; None
+        when a write was refused (the case changed under us).
+        """
         tenant, gateway, refused = await self._durably(lambda: self._tenant_of(case))
         domains: list[str] = []
         if refused is None and gateway is not None:
             refused, domains = await self._durably(lambda: self._domain_refusal(case, tenant, gateway))
-        # A mailbox outside the tenant's domains gets no password sealed and no command sent.
-        password, new_secret = (None, None) if refused else await self._durably(lambda: self._password_for(case, step))
-        now = self.now()
-        written = await self._durably(lambda: self._start(case, step, new_secret, now))
-        started = written.case if written is not None else None
+        if begun:  # never the reset (its password is sealed at its own start)
+            password: str | None = None
+            started: CaseSnapshot | None = case
+        else:
+            # A mailbox outside the tenant's domains gets no password sealed and no command sent.
+            password, new_secret = (
+                (None, None) if refused else await self._durably(lambda: self._password_for(case, step))
+            )
+            now = self.now()
+            written = await self._durably(lambda: self._start(case, step, new_secret, now))
+            started = written.case if written is not None else None
         if started is None:
             log.info("case_lost", step=step.value, reason="changed before the step started")
             return None
@@ -145,8 +162,13 @@ class Engine:
                 with password_guard(password):
                     outcome = await self._with_heartbeat(started.id, perform(step, started, gateway, context))
             duration_ms = round((loop.time() - began) * 1000, 1)
-            recorded = await self._record(started, step, outcome, duration_ms)
-            await self._note_sender(started, step, outcome)
+            # What the step saw of the address goes to the stored restricted list in the same
+            # transaction as its result (or on its own, if the result could not be written).
+            seen, restriction = self._seen(step, outcome)
+            along = self._note_along(started, restriction) if seen else None
+            recorded = await self._record(started, step, outcome, duration_ms, along=along)
+            if seen and recorded is None:
+                await self._note_sender(started, restriction)
             return recorded
 
     async def _tenant_of(self, case: CaseSnapshot) -> tuple[str, TenantGateway | None, StepOutcome | None]:
@@ -233,17 +255,30 @@ class Engine:
         await tenant_facts.store_domains(self.runtime.db, domains=domains, now=self.now(), tenant=tenant)
         return [d.lower() for d in domains]
 
-    async def _note_sender(self, case: CaseSnapshot, step: StepName, outcome: StepOutcome) -> None:
-        """Keep the stored restricted list in step with what this step just saw of the address."""
+    @staticmethod
+    def _seen(step: StepName, outcome: StepOutcome) -> tuple[bool, Restriction | None]:
+        """Whether this step's result tells the restricted list something about the address, and what."""
         result = outcome.result
         if not isinstance(result, rules.Succeeded):
-            return
+            return False, None
         if step in (StepName.check_restriction, StepName.verify, StepName.propagation):
-            restriction = result.restriction
-        elif step is StepName.unblock:
-            restriction = None
-        else:
-            return
+            return True, result.restriction
+        if step is StepName.unblock:
+            return True, None
+        return False, None
+
+    def _note_along(self, case: CaseSnapshot, restriction: Restriction | None) -> Along:
+        """The note of what the step saw, written in the transaction that records the step."""
+        return tenant_facts.sender_note(
+            address=case.mailbox,
+            restriction=restriction,
+            now=self.now(),
+            case_id=case.id,
+            tenant=case.tenant or DEFAULT_TENANT,
+        )
+
+    async def _note_sender(self, case: CaseSnapshot, restriction: Restriction | None) -> None:
+        """The same note on its own, when the step's result was not written (the case changed under us)."""
         try:
             await tenant_facts.note_sender(
                 self.runtime.db,
@@ -262,35 +297,60 @@ class Engine:
         """Mark ``step`` running (one more attempt), moving the case on if starting it says so."""
 
         def build(case: CaseSnapshot) -> CaseChange | None:
-            view = case.view()
-            if case.lease_owner != self.worker_id or rules.next_step(view) is not step:
+            if rules.next_step(case.view()) is not step:
                 return None  # someone else moved the case since we read it
-            record = case.step(step)
-            action = rules.begin(view, step)
-            return timeline.step_started(
-                before=case.state,
-                after=apply(action, case.state) if action is not None else case.state,
-                step=step,
-                attempt=record.attempts + 1,
-                first_start=record.started_at is None or record.status is not StepStatus.running,
-                reason=f"starting {step.value}",
-                lease_until=now + timedelta(seconds=self.lease),
-                secret=CredentialChange(CredentialMove.store, secret.key_id, secret.blob) if secret else None,
-            )
+            return self._starting(case, step, secret, now)
 
         return await change_case(
             self.runtime.db, case_id=known.id, build=build, now=now, lease_owner=self.worker_id, known=known
         )
 
+    def _starting(
+        self, case: CaseSnapshot, step: StepName, secret: SealedSecret | None, now: datetime
+    ) -> CaseChange | None:
+        """The change that starts ``step`` on ``case``, if the case is still ours."""
+        if case.lease_owner != self.worker_id:
+            return None
+        view = case.view()
+        record = case.step(step)
+        action = rules.begin(view, step)
+        return timeline.step_started(
+            before=case.state,
+            after=apply(action, case.state) if action is not None else case.state,
+            step=step,
+            attempt=record.attempts + 1,
+            first_start=record.started_at is None or record.status is not StepStatus.running,
+            reason=f"starting {step.value}",
+            lease_until=now + timedelta(seconds=self.lease),
+            secret=CredentialChange(CredentialMove.store, secret.key_id, secret.blob) if secret else None,
+        )
+
+    def _next_start(self, now: datetime) -> Callable[[CaseSnapshot], CaseChange | None]:
+        """Starts the case's next step in the transaction that records this one, when it is due now.
+
+        Not the reset: its password must be sealed (and stored by its start) before it runs.
+        """
+
+        def build(case: CaseSnapshot) -> CaseChange | None:
+            step = rules.next_step(case.view())
+            if step is None or step is StepName.reset_password:
+                return None
+            if case.next_action_at is None or case.next_action_at > now:
+                return None
+            return self._starting(case, step, None, now)
+
+        return build
+
     async def _record(
-        self, started: CaseSnapshot, step: StepName, outcome: StepOutcome, duration_ms: float
-    ) -> CaseSnapshot | None:
-        """Write the step's result, decided on the case as it is when written.
+        self, started: CaseSnapshot, step: StepName, outcome: StepOutcome, duration_ms: float, *, along: Along | None
+    ) -> tuple[CaseSnapshot, bool] | None:
+        """Write the step's result, decided on the case as it is when written, and start the next step.
 
         Usually that is the case as the step started. If it changed meanwhile (a password
         revealed, a person cancelling) the result is decided again on the current case: a
         cancelled case keeps the result as a late one; a case another worker took over (our lease
-        ran out) gets nothing from us.
+        ran out) gets nothing from us. When the decision makes the next step due at once, the
+        same transaction starts it (returned True): one commit per step boundary, not two.
         """
         now = self.now()
         settings = self.runtime.settings
@@ -325,7 +385,14 @@ class Engine:
 
         written = await self._durably(
             lambda: change_case(
-                self.runtime.db, case_id=started.id, build=build, now=now, lease_owner=self.worker_id, known=started
+                self.runtime.db,
+                case_id=started.id,
+                build=build,
+                now=now,
+                lease_owner=self.worker_id,
+                known=started,
+                then=self._next_start(now),
+                along=along,
             )
         )
         failed = isinstance(outcome.result, rules.Failed)
@@ -355,8 +422,10 @@ class Engine:
                 to_state=change.after.value,
                 outcome=recorded.outcome.value if recorded.outcome else None,
             )
+        if written.then is not None:
+            recorded = written.then.case
         self.runtime.events.publish(recorded.id)
-        return recorded
+        return recorded, written.then is not None
 
     async def _password_for(self, case: CaseSnapshot, step: StepName) -> tuple[str | None, SealedSecret | None]:
         """The reset's password: sealed and stored before the first attempt, reused by retries."""

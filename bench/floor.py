@@ -1,0 +1,84 @@
+"""The stack's floor for `GET /v1/cases/{id}`: the same stored row, served by the least code that can.
+
+Starlette on uvicorn (the same server, event loop and HTTP parser as `unblock serve`) and psycopg
+(the same driver), with nothing else: no FastAPI dependencies, no authentication, no middleware,
+no logging or metrics, no SQLAlchemy. The bench serves the same requests from it and from the
+service in the same run, so the API's cost reads as a ratio to what these parts can do on this
+machine, whatever the machine.
+
+    python -m bench.floor --database-url postgresql://... --port 8123
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import psycopg
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service.serving import bind_socket
+
+CONNECTIONS = 20  # as many as the service keeps by default (UNBLOCK_DB_POOL_SIZE)
+
+
+class Connections:
+    """A fixed set of autocommit connections handed out in turn (what a pool does, minus its checks)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.idle: asyncio.Queue[psycopg.AsyncConnection[tuple[bytes | None]]] = asyncio.Queue()
+
+    async def open(self) -> None:
+        for _ in range(CONNECTIONS):
+            self.idle.put_nowait(await psycopg.AsyncConnection.connect(self.url, autocommit=True))
+
+    async def close(self) -> None:
+        while not self.idle.empty():
+            await self.idle.get_nowait().close()
+
+    async def document(self, case_id: str) -> bytes | None:
+        connection = await self.idle.get()
+        try:
+            cursor = await connection.execute("SELECT document FROM cases WHERE id = %s", (case_id,))
+            row = await cursor.fetchone()
+        finally:
+            self.idle.put_nowait(connection)
+        return None if row is None else row[0]
+
+
+def app(url: str) -> Starlette:
+    connections = Connections(url)
+
+    async def case(request: Request) -> Response:
+        body = await connections.document(request.path_params["case_id"])
+        if body is None:
+            return Response(status_code=404)
+        return Response(body, media_type="application/json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await connections.open()
+        yield
+        await connections.close()
+
+    return Starlette(routes=[Route("/v1/cases/{case_id}", case)], lifespan=lifespan)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True, help="a libpq URL (postgresql://...)")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    config = uvicorn.Config(app(args.database_url), log_config=None, access_log=False, lifespan="on")
+    uvicorn.Server(config).run(sockets=[bind_socket("127.0.0.1", args.port)])
+
+
+if __name__ == "__main__":
+    main()
