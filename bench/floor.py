@@ -6,7 +6,10 @@ no logging or metrics, no SQLAlchemy. The bench serves the same requests from it
 service in the same run, so the API's cost reads as a ratio to what these parts can do on this
 machine, whatever the machine.
 
-    python -m bench.floor --database-url postgresql://... --port 8123
+    python -m bench.floor --database-url postgresql://... --port 8123 [--stack fastapi]
+
+``--stack fastapi`` serves it through the service's frameworks instead (FastAPI, SQLAlchemy),
+still without any of the service's own code, to tell the frameworks' cost from the service's.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -71,12 +77,44 @@ def app(url: str) -> Starlette:
     return Starlette(routes=[Route("/v1/cases/{case_id}", case)], lifespan=lifespan)
 
 
+def framework_app(url: str) -> FastAPI:
+    """The frameworks the service is built on, with nothing of the service's own: FastAPI and a
+    SQLAlchemy async engine (psycopg, the service's pool settings), one route, one Core query, no
+    authentication, middleware, logging or metrics. Between this and :func:`app` lies what the
+    frameworks cost; between this and the service, what the service's own request path costs."""
+    engine = create_async_engine(
+        url.replace("postgresql://", "postgresql+psycopg://", 1), pool_size=CONNECTIONS, max_overflow=0
+    )
+    query = text("SELECT document FROM cases WHERE id = :id")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await engine.dispose()
+
+    api = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
+
+    @api.get("/v1/cases/{case_id}")
+    async def case(case_id: str) -> Response:
+        async with engine.connect() as connection:
+            body = (await connection.execute(query, {"id": case_id})).scalar()
+        if body is None:
+            return Response(status_code=404)
+        return Response(body, media_type="application/json")
+
+    return api
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", required=True, help="a libpq URL (postgresql://...)")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--stack", choices=["starlette", "fastapi"], default="starlette", help="starlette + psycopg, or the frameworks"
+    )
     args = parser.parse_args()
-    config = uvicorn.Config(app(args.database_url), log_config=None, access_log=False, lifespan="on")
+    served = app(args.database_url) if args.stack == "starlette" else framework_app(args.database_url)
+    config = uvicorn.Config(served, log_config=None, access_log=False, lifespan="on")
     uvicorn.Server(config).run(sockets=[bind_socket("127.0.0.1", args.port)])
 
 

@@ -132,14 +132,16 @@ def start_worker(env: dict[str, str], *, name: str = "worker") -> Proc:
     return Proc([UNBLOCK, "worker", "--no-migrate"], env=env, name=name)
 
 
-def start_floor(database_url: str) -> tuple[Proc, str]:
-    """bench.floor: the same row served by Starlette + psycopg alone, for the API's cost as a ratio."""
+def start_floor(database_url: str, stack: str = "starlette") -> tuple[Proc, str]:
+    """bench.floor: the same row served by Starlette + psycopg alone (or FastAPI + SQLAlchemy alone)."""
     port = free_port()
     libpq = make_url(sync_url(database_url)).set(drivername="postgresql").render_as_string(hide_password=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNBLOCK_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)  # Proc runs in WORKDIR
     proc = Proc(
-        [sys.executable, "-m", "bench.floor", "--database-url", libpq, "--port", str(port)], env=env, name="floor"
+        [sys.executable, "-m", "bench.floor", "--database-url", libpq, "--port", str(port), "--stack", stack],
+        env=env,
+        name=f"floor-{stack}",
     )
     base = f"http://127.0.0.1:{port}"
     proc.wait_http(f"{base}/v1/cases/none", status=404)

@@ -1,6 +1,6 @@
 """`make bench`: every figure beside its goal, in bench/results/latest.json and latest.md.
 
-    python -m bench.run            # the full run (about 8 minutes on a 2-core machine)
+    python -m bench.run            # the full run (about 13 minutes on a 2-core machine)
     python -m bench.run --quick    # smaller counts, for trying a change
 
 Needs the local PostgreSQL (UNBLOCK_BENCH_DATABASE_URL, default the CI machine's); each part
@@ -25,6 +25,8 @@ from bench import scenarios
 from bench.processes import PG_DEFAULT
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: (pool size, cases) per throughput run, full and --quick
+THROUGHPUT_RUNS = {False: [(1, 60), (4, 200), (16, 400)], True: [(1, 15), (4, 50), (16, 100)]}
 PARTS = ["overhead", "sqlite", "throughput", "baseline", "api", "memory"]
 
 
@@ -142,6 +144,21 @@ def rows_of(results: dict[str, Any]) -> list[Row]:
                 _goal(a["get_p99_vs_floor"], 1.5, at_most=True),
             ),
             Row("GET /v1/cases/{id}: the floor's throughput over the API's", a["get_rps_vs_floor"], "x", "", None),
+            Row(
+                "  the same row through FastAPI + SQLAlchemy alone (no auth, middleware, logs, metrics): throughput",
+                a["frameworks_get"]["rps"],
+                "req/s",
+                "",
+                None,
+            ),
+            *[
+                Row(f"  process time per GET (1 / throughput), {who}", 1000 / figures["rps"], "ms", "", None)
+                for who, figures in (
+                    ("Starlette + psycopg", a["floor_get"]),
+                    ("FastAPI + SQLAlchemy", a["frameworks_get"]),
+                    ("the service", a["get"]),
+                )
+            ],
             Row("GET /v1/cases?state=resolved&limit=50: throughput", a["list"]["rps"], "req/s", "", None),
             Row(
                 f"list page (50 cases of {a['cases']:,}): p99 latency",
@@ -210,7 +227,6 @@ def main() -> None:
 
     part("overhead", lambda: scenarios.overhead(pg, 10 if quick else 50))
     part("sqlite", lambda: scenarios.overhead(pg, 10 if quick else 30, sqlite=True))
-    floor = results.get("overhead", {}).get("floor_s", 0.6)
     sequence = results.get("overhead", {}).get("sequence") or [
         "Update-MgUser",
         "Revoke-MgUserSignInSession",
@@ -221,9 +237,10 @@ def main() -> None:
     ]
     part(
         "throughput",
-        lambda: [scenarios.throughput(pg, 60 if quick else 300, size, floor) for size in (1, 4, 16)],
+        # about the same length of run at each size: the pool's ideal grows with it
+        lambda: [scenarios.throughput(pg, cases, size) for size, cases in THROUGHPUT_RUNS[quick]],
     )
-    part("baseline", lambda: scenarios.baseline(2 if quick else 5, sequence))
+    part("baseline", lambda: scenarios.baseline(1 if quick else 3, sequence))
     part("api", lambda: scenarios.api_load(pg, 10_000 if quick else 100_000, 50, 5 if quick else 20))
     part("memory", lambda: scenarios.memory(pg, 2_000 if quick else 10_000))
 

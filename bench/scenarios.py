@@ -206,7 +206,14 @@ def _sequential(base: str, key: str, tenant: Tenant, mailboxes: list[str]) -> li
 # --- 2. throughput against the ideal -------------------------------------------------------------
 
 
-def throughput(pg: str, cases: int, pool_size: int, per_case_floor: float) -> dict[str, Any]:
+def throughput(pg: str, cases: int, pool_size: int) -> dict[str, Any]:
+    """Many cases at once through a pool of ``pool_size`` runspaces, against the pool's ideal.
+
+    The ideal is the pool kept busy all the time: a runspace runs one command at a time, so a
+    case costs the pool the sum of its commands' latencies (the investigation's reads overlap in
+    time but each holds a runspace), and the pool can finish at most ``pool_size`` / that many
+    cases a second. The commands are counted from the sandbox's log of this run.
+    """
     sandbox, url = start_sandbox(name=f"sandbox-pool{pool_size}")
     tenant = Tenant(url)
     try:
@@ -224,18 +231,21 @@ def throughput(pg: str, cases: int, pool_size: int, per_case_floor: float) -> di
                 asyncio.run(_create_all(base, key, mailboxes))
                 makespan = _wait_closed(database_url, cases)
                 after = _cpu_seconds(serve, sandbox)
+                busy = sum(_latency_of(c["cmdlet"]) for c in tenant.calls() if not c["cmdlet"].startswith("Connect-"))
             finally:
                 serve.stop()
     finally:
         sandbox.stop()
     achieved = cases / makespan
-    ideal = pool_size / per_case_floor
+    runspace_s = busy / cases
+    ideal = pool_size / runspace_s
     return {
         "pool_size": pool_size,
         "cases": cases,
         "seconds": makespan,
         "cases_per_s": achieved,
         "ideal_cases_per_s": ideal,
+        "runspace_s_per_case": runspace_s,
         "efficiency": achieved / ideal,
         # CPU seconds per case, by process: the service, the sandbox tenant, the PostgreSQL server
         "cpu_ms_per_case": {k: (after[k] - before[k]) * 1000 / cases for k in after},
@@ -345,12 +355,19 @@ def api_load(pg: str, total: int, concurrency: int, duration: float) -> dict[str
             api_rss = serve.rss_mb()
         finally:
             serve.stop()
-        floor, floor_base = start_floor(database_url)
+        floors: dict[str, dict[str, Any]] = {}
         try:
-            floor_get = _loadgen(floor_base, ["--path-file", paths, "--header", auth], concurrency, duration)
+            for stack in ("starlette", "fastapi"):
+                floor, floor_base = start_floor(database_url, stack)
+                try:
+                    floors[stack] = _loadgen(
+                        floor_base, ["--path-file", paths, "--header", auth], concurrency, duration
+                    )
+                finally:
+                    floor.stop()
         finally:
-            floor.stop()
             os.unlink(paths)
+        floor_get = floors["starlette"]
     return {
         "cases": total,
         "seed_s": seeded,
@@ -358,6 +375,7 @@ def api_load(pg: str, total: int, concurrency: int, duration: float) -> dict[str
         "list": listing,
         "api_rss_mb": api_rss,
         "floor_get": floor_get,
+        "frameworks_get": floors["fastapi"],
         "get_p99_vs_floor": get["p99_ms"] / floor_get["p99_ms"],
         "get_rps_vs_floor": floor_get["rps"] / get["rps"],
     }

@@ -40,5 +40,6 @@ async def test_writers_racing_to_create_the_row_all_land(db: Database) -> None:
             tenant_facts.request_senders_refresh(db, now=now, tenant=tenant),
         )
         facts = await tenant_facts.load(db, tenant=tenant)
-        assert facts.accepted_domains is not None and "contoso.com" in facts.accepted_domains
+        assert facts.accepted_domains is not None
+        assert "contoso.com" in facts.accepted_domains
         assert facts.senders_refresh_requested_at is not None
