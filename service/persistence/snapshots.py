@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import bindparam, func, tuple_
 from sqlalchemy import select as sa_select
@@ -148,63 +148,49 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInput("cursor is not one this service gave out", field="cursor") from None
 
 
-def _filtered(
-    query: Any,
-    *,
-    state: CaseState | None,
-    mailbox: str | None,
-    ticket_ref: str | None,
-    is_open: bool | None,
-    tenant: str | None,
-    within: Sequence[str] | None,
-    limit: int,
-    cursor: str | None,
-) -> Any:
+class CaseFilters(TypedDict, total=False):
+    """The list's filters and page, as the list endpoints and the dashboard pass them (all optional)."""
+
+    state: CaseState | None
+    mailbox: str | None
+    ticket_ref: str | None
+    is_open: bool | None
+    tenant: str | None
+    within: Sequence[str] | None  # only these tenants' cases (a credential limited to them)
+    limit: int  # 50 unless given
+    cursor: str | None
+
+
+def _filtered(query: Any, filters: CaseFilters) -> Any:
     """A page of cases, newest first: ``query`` with the list's filters, order and one row more than
     the page (to know whether there is a next one)."""
     c = CASES.c
-    if tenant is not None:
+    if (tenant := filters.get("tenant")) is not None:
         query = query.where(c.tenant == tenant)
-    if within is not None:
+    if (within := filters.get("within")) is not None:
         query = query.where(c.tenant.in_(list(within)))
-    if state is not None:
+    if (state := filters.get("state")) is not None:
         query = query.where(c.state == state.value)
-    if mailbox is not None:
+    if (mailbox := filters.get("mailbox")) is not None:
         query = query.where(c.mailbox == mailbox.lower())
-    if ticket_ref is not None:
+    if (ticket_ref := filters.get("ticket_ref")) is not None:
         query = query.where(c.ticket_ref == ticket_ref)
-    if is_open is not None:
+    if (is_open := filters.get("is_open")) is not None:
         query = query.where(c.is_open == is_open)
-    if cursor:
+    if cursor := filters.get("cursor"):
         created_at, case_id = _decode_cursor(cursor)
         query = query.where(tuple_(c.created_at, c.id) < tuple_(created_at, case_id))
-    return query.order_by(c.created_at.desc(), c.id.desc()).limit(limit + 1)
+    return query.order_by(c.created_at.desc(), c.id.desc()).limit(_limit(filters) + 1)
 
 
-async def list_cases(
-    db: Database,
-    *,
-    state: CaseState | None = None,
-    mailbox: str | None = None,
-    ticket_ref: str | None = None,
-    is_open: bool | None = None,
-    tenant: str | None = None,
-    within: Sequence[str] | None = None,
-    limit: int = 50,
-    cursor: str | None = None,
-) -> tuple[list[CaseSnapshot], str | None]:
-    """Newest first; ``next_cursor`` is set when there may be more. ``within``: only these tenants' cases."""
-    query = _filtered(
-        CASE_ROWS,
-        state=state,
-        mailbox=mailbox,
-        ticket_ref=ticket_ref,
-        is_open=is_open,
-        tenant=tenant,
-        within=within,
-        limit=limit,
-        cursor=cursor,
-    )
+def _limit(filters: CaseFilters) -> int:
+    return filters.get("limit", 50)
+
+
+async def list_cases(db: Database, **filters: Unpack[CaseFilters]) -> tuple[list[CaseSnapshot], str | None]:
+    """Newest first; ``next_cursor`` is set when there may be more."""
+    query = _filtered(CASE_ROWS, filters)
+    limit = _limit(filters)
     async with db.connect_read() as connection:
         snapshots = await _read_rows(connection, query, {})
     more = len(snapshots) > limit
@@ -228,31 +214,11 @@ async def get_document(db: Database, *, case_id: str) -> tuple[str | None, bytes
     return row.tenant, render_document(case_document(found[0]))
 
 
-async def list_documents(
-    db: Database,
-    *,
-    state: CaseState | None = None,
-    mailbox: str | None = None,
-    ticket_ref: str | None = None,
-    is_open: bool | None = None,
-    tenant: str | None = None,
-    within: Sequence[str] | None = None,
-    limit: int = 50,
-    cursor: str | None = None,
-) -> tuple[list[bytes], str | None]:
+async def list_documents(db: Database, **filters: Unpack[CaseFilters]) -> tuple[list[bytes], str | None]:
     """:func:`list_cases` as the stored JSON of each case (rendered for the few written before 0010)."""
     c = CASES.c
-    query = _filtered(
-        sa_select(c.id, c.created_at, c.document),
-        state=state,
-        mailbox=mailbox,
-        ticket_ref=ticket_ref,
-        is_open=is_open,
-        tenant=tenant,
-        within=within,
-        limit=limit,
-        cursor=cursor,
-    )
+    query = _filtered(sa_select(c.id, c.created_at, c.document), filters)
+    limit = _limit(filters)
     async with db.connect_read() as connection:
         rows = (await connection.execute(query)).all()
         more = len(rows) > limit
