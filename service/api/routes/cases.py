@@ -273,8 +273,8 @@ _DECIDERS: dict[UserAction, Callable[[CaseView, datetime], Decision]] = {
 
 
 async def _act(runtime: Runtime, case_id: str, principal: Principal, action: UserAction) -> JSONResponse:
-    await visible_case(runtime, case_id, principal)
     """Approve, cancel or retry: decided on the case as it is when written (one writer, one policy)."""
+    await visible_case(runtime, case_id, principal)
     now = runtime.clock()
     actor = principal.audit_actor
 
