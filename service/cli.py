@@ -140,7 +140,7 @@ def serve(
 @app.command()
 def worker(
     concurrency: Annotated[
-        int | None, typer.Option(min=1, max=256, help="Cases run at once (default: the PowerShell pool size).")
+        int | None, typer.Option(min=1, max=256, help="Cases run at once (default: twice the PowerShell pool size).")
     ] = None,
     no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not migrate the database on start.")] = False,
 ) -> None:

@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.errors import IdempotencyKeyReused, OpenCaseExists
 from service.persistence.db import Database
-from service.persistence.models import Case, Credential, IdempotencyRecord
+from service.persistence.models import Case, IdempotencyRecord
 from service.persistence.records import CaseSnapshot, Claim
-from service.persistence.snapshots import open_case_id, read_in
+from service.persistence.snapshots import CASES, CREDENTIALS, get_case, open_case_id
 from service.persistence.writer import NewCase, SealedSecret, insert_case
 
 
@@ -175,30 +176,23 @@ async def claim_due(db: Database, *, worker_id: str, now: datetime, lease: float
 
 async def next_due_at(db: Database, *, now: datetime) -> datetime | None:
     """When the next case becomes due (a scheduled action, or a lease that runs out)."""
-    async with db.read() as session:
-        scheduled = (
-            await session.exec(
-                select(func.min(Case.next_action_at)).where(
-                    col(Case.is_open),
-                    col(Case.next_action_at).is_not(None),
-                    (col(Case.lease_expires_at).is_(None)) | (col(Case.lease_expires_at) < now),
-                )
-            )
-        ).first()
-        leased = (
-            await session.exec(
-                select(func.min(Case.lease_expires_at)).where(
-                    col(Case.is_open), col(Case.next_action_at).is_not(None), col(Case.lease_expires_at) >= now
-                )
-            )
-        ).first()
+    c = CASES.c
+    statement = sa_select(
+        sa_select(func.min(c.next_action_at))
+        .where(c.is_open, c.next_action_at.is_not(None), c.lease_expires_at.is_(None) | (c.lease_expires_at < now))
+        .scalar_subquery(),
+        sa_select(func.min(c.lease_expires_at))
+        .where(c.is_open, c.next_action_at.is_not(None), c.lease_expires_at >= now)
+        .scalar_subquery(),
+    )
+    async with db.connect_read() as connection:  # one statement, no transaction to open and roll back
+        scheduled, leased = (await connection.execute(statement)).one()
     candidates = [t for t in (scheduled, leased) if t is not None]
     return min(candidates) if candidates else None
 
 
 async def load_claimed(db: Database, *, case_id: str) -> CaseSnapshot:
-    async with db.read() as session:
-        return await read_in(session, case_id)
+    return await get_case(db, case_id=case_id)
 
 
 async def extend_lease(db: Database, *, case_id: str, worker_id: str, until: datetime) -> bool:
@@ -221,8 +215,13 @@ async def release_lease(db: Database, *, case_id: str, worker_id: str) -> None:
 
 
 async def load_secret(db: Database, *, case_id: str) -> SealedSecret | None:
-    async with db.read() as session:
-        row = await session.get(Credential, case_id)
-        if row is None or row.sealed is None or row.destroyed_at is not None:
-            return None
-        return SealedSecret(key_id=row.key_id, blob=bytes(row.sealed))
+    c = CREDENTIALS.c
+    async with db.connect_read() as connection:
+        row = (
+            await connection.execute(
+                sa_select(c.key_id, c.sealed).where(
+                    c.case_id == case_id, c.sealed.is_not(None), c.destroyed_at.is_(None)
+                )
+            )
+        ).first()
+    return None if row is None else SealedSecret(key_id=row.key_id, blob=bytes(row.sealed))

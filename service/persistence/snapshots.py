@@ -28,7 +28,7 @@ from service.domain.findings import Finding
 from service.domain.states import CaseOutcome, CaseState, StepName, StepStatus
 from service.errors import CaseNotFound, InvalidInput
 from service.persistence.db import Database
-from service.persistence.models import Case, CaseEvent
+from service.persistence.models import Case
 from service.persistence.records import CaseSnapshot, EventRecord, StepRecord, case_document, render_document
 
 CASES = SQLModel.metadata.tables["cases"]
@@ -37,15 +37,20 @@ CREDENTIALS = SQLModel.metadata.tables["credentials"]
 _CREDENTIAL_COLUMNS = [c.label(f"credential_{c.name}") for c in CREDENTIALS.c if c.name != "sealed"]
 # Every column but the stored document (a snapshot is built from the rows; the document is made from it).
 # Public with STEPS_OF and snapshot_of for the benchmark's seed, which renders documents as the writer does.
-CASE_ROWS = sa_select(*[c for c in CASES.c if c.name != "document"], *_CREDENTIAL_COLUMNS).select_from(
+CASE_COLUMNS = [c for c in CASES.c if c.name != "document"]
+CASE_ROWS = sa_select(*CASE_COLUMNS, *_CREDENTIAL_COLUMNS).select_from(
     CASES.outerjoin(CREDENTIALS, CREDENTIALS.c.case_id == CASES.c.id)
 )
 _DOCUMENT = sa_select(CASES.c.tenant, CASES.c.document).where(CASES.c.id == bindparam("case_id"))
 _GET_CASE = CASE_ROWS.where(CASES.c.id == bindparam("case_id"))
 STEPS_OF = sa_select(STEPS).where(STEPS.c.case_id.in_(bindparam("ids", expanding=True)))
+EVENTS = SQLModel.metadata.tables["case_events"]
+_STATE = sa_select(CASES.c.state, CASES.c.outcome).where(CASES.c.id == bindparam("case_id"))
+_EVENTS = sa_select(EVENTS).where(EVENTS.c.case_id == bindparam("case_id")).order_by(EVENTS.c.id)
+_EVENTS_AFTER = _EVENTS.where(EVENTS.c.id > bindparam("after_id"))
 
 
-def _step(row: Any) -> StepRecord:
+def step_record(row: Any) -> StepRecord:
     return StepRecord(
         name=StepName(row.name),
         position=row.position,
@@ -72,6 +77,12 @@ def _credential(row: Any) -> CredentialView | None:
 
 
 def snapshot_of(row: Any, steps: Sequence[Any]) -> CaseSnapshot:
+    """A case from its row (joined with its credential, as CASE_ROWS selects it) and its step rows."""
+    return snapshot_from(row, tuple(step_record(s) for s in steps), _credential(row))
+
+
+def snapshot_from(row: Any, steps: Sequence[StepRecord], credential: CredentialView | None) -> CaseSnapshot:
+    """A case from its own row (CASE_COLUMNS), its steps and its credential, however they were read."""
     return CaseSnapshot(
         id=row.id,
         mailbox=row.mailbox,
@@ -95,8 +106,8 @@ def snapshot_of(row: Any, steps: Sequence[Any]) -> CaseSnapshot:
         updated_at=row.updated_at,
         finished_at=row.finished_at,
         version=row.version,
-        steps=tuple(_step(s) for s in sorted(steps, key=lambda s: s.position)),
-        credential=_credential(row),
+        steps=tuple(sorted(steps, key=lambda s: s.position)),
+        credential=credential,
         findings=tuple(Finding.from_dict(f) for f in row.findings) if row.findings is not None else None,
         tenant=row.tenant,
     )
@@ -248,17 +259,15 @@ async def timeline_since(
     committed before it, so the events read next include them all (what a live stream needs to
     know that it may end).
     """
-    async with db.read() as session:
-        state = (await session.exec(select(Case.state, Case.outcome).where(Case.id == case_id))).first()
+    async with db.connect_read() as connection:  # two statements, each seeing what was committed before it
+        state = (await connection.execute(_STATE, {"case_id": case_id})).first()
         if state is None:
             raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
-        query = select(CaseEvent).where(CaseEvent.case_id == case_id)
-        if after_id is not None:
-            query = query.where(col(CaseEvent.id) > after_id)
-        rows = (await session.exec(query.order_by(col(CaseEvent.id)))).all()
+        query = _EVENTS if after_id is None else _EVENTS_AFTER
+        rows = (await connection.execute(query, {"case_id": case_id, "after_id": after_id or 0})).all()
     events = [
         EventRecord(
-            id=int(r.id or 0),
+            id=int(r.id),
             case_id=r.case_id,
             at=r.at,
             actor=r.actor,

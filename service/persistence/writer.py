@@ -26,6 +26,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.domain.audit import AuditSigner
+from service.domain.credential import CredentialView
 from service.domain.plan import Actions, build_plan
 from service.domain.states import DONE_STATUSES, TERMINAL_STATES, CaseState, StepStatus
 from service.domain.timeline import (
@@ -45,8 +46,16 @@ from service.logging import get_logger
 from service.persistence import audit, outbox
 from service.persistence.db import Database
 from service.persistence.models import Case, CaseEvent, CaseStep, Credential
-from service.persistence.records import CaseSnapshot, case_document, render_document
-from service.persistence.snapshots import CASES, STEPS, open_case_in, read_in
+from service.persistence.records import CaseSnapshot, StepRecord, case_document, render_document
+from service.persistence.snapshots import (
+    CASE_COLUMNS,
+    CASES,
+    STEPS,
+    open_case_in,
+    read_in,
+    snapshot_from,
+    step_record,
+)
 
 log = get_logger(__name__)
 
@@ -158,10 +167,13 @@ async def write_change(
         if other is not None:
             raise OpenCaseExists(other, f"{case.mailbox} has another open case; this one cannot reopen")
     holder = lease_owner if change.lease is not None else None
-    if not await _cas(session, case=case, values=_case_values(change, now, lease_owner), lease_owner=holder):
+    row = await _cas(session, case=case, values=_case_values(change, now, lease_owner), lease_owner=holder)
+    if row is None:
         return None
-    await _set_steps(session, case_id=case.id, writes=change.steps, now=now)
-    moved, secret = await _move_credential(session, case_id=case.id, credential=change.credential, now=now)
+    steps = await _set_steps(session, case=case, writes=change.steps, now=now)
+    moved, secret, credential = await _move_credential(session, case=case, credential=change.credential, now=now)
+    # The case as written, from what the statements returned: no read back.
+    after = snapshot_from(row, steps, credential)
     events = change.events if moved else tuple(e for e in change.events if e.type not in _CREDENTIAL_EVENTS)
     insert_events(session, case_id=case.id, at=now, events=events)
     if change.audit is not None:
@@ -178,7 +190,6 @@ async def write_change(
         )
     if change.notify:
         await notify_workers(session, case.id)
-    after = await read_in(session, case.id)
     if store:
         await store_document(session, after)
     await _emit_webhooks(session, after, change, events, now)
@@ -224,8 +235,13 @@ def _case_values(change: CaseChange, now: datetime, lease_owner: str | None) -> 
     return values
 
 
-async def _cas(session: AsyncSession, *, case: CaseSnapshot, values: dict[str, Any], lease_owner: str | None) -> bool:
-    """The compare-and-set: the row changes only if nobody changed it since ``case`` was read."""
+async def _cas(
+    session: AsyncSession, *, case: CaseSnapshot, values: dict[str, Any], lease_owner: str | None
+) -> Any | None:
+    """The compare-and-set: the row changes only if nobody changed it since ``case`` was read.
+
+    Returns the row as written (None if the compare-and-set lost), so the case need not be read back.
+    """
     # Core, not an ORM bulk update: no identity-map synchronisation to pay for (snapshots are
     # read back as rows, so no ORM Case objects are kept in the session).
     c = CASES.c
@@ -233,8 +249,8 @@ async def _cas(session: AsyncSession, *, case: CaseSnapshot, values: dict[str, A
     if lease_owner is not None:
         statement = statement.where(c.lease_owner == lease_owner)
     connection = await session.connection()
-    result = await connection.execute(statement.values(**values, version=case.version + 1))
-    return bool(result.rowcount == 1)
+    result = await connection.execute(statement.values(**values, version=case.version + 1).returning(*CASE_COLUMNS))
+    return result.first()
 
 
 def _step_values(write: StepWrite, now: datetime) -> dict[str, Any]:
@@ -255,50 +271,82 @@ def _step_values(write: StepWrite, now: datetime) -> dict[str, Any]:
     return values
 
 
-async def _set_steps(session: AsyncSession, *, case_id: str, writes: Iterable[StepWrite], now: datetime) -> None:
+async def _set_steps(
+    session: AsyncSession, *, case: CaseSnapshot, writes: Iterable[StepWrite], now: datetime
+) -> list[StepRecord]:
+    """Write the change's steps; the case's steps as they now are (the others as ``case`` had them)."""
     connection = await session.connection()
+    steps = {step.name: step for step in case.steps}
     for write in writes:
-        await connection.execute(
+        result = await connection.execute(
             sa_update(STEPS)
-            .where(STEPS.c.case_id == case_id, STEPS.c.name == write.name.value)
+            .where(STEPS.c.case_id == case.id, STEPS.c.name == write.name.value)
             .values(**_step_values(write, now))
+            .returning(*STEPS.c)
         )
+        row = result.first()
+        if row is None:  # every case has every step of its plan from the start
+            raise AssertionError(f"case {case.id} has no step {write.name.value}")
+        steps[write.name] = step_record(row)
+    return list(steps.values())
 
 
 async def _move_credential(
-    session: AsyncSession, *, case_id: str, credential: CredentialChange | None, now: datetime
-) -> tuple[bool, SealedSecret | None]:
-    """Apply the change's credential move; (did it change anything, the sealed value a reveal took)."""
+    session: AsyncSession, *, case: CaseSnapshot, credential: CredentialChange | None, now: datetime
+) -> tuple[bool, SealedSecret | None, CredentialView | None]:
+    """Apply the change's credential move: did it change anything, the sealed value a reveal took,
+    and the credential as it now is."""
     if credential is None:
-        return False, None
-    row = (await session.exec(select(Credential).where(Credential.case_id == case_id).with_for_update())).first()
+        return False, None, case.credential
+    row = (await session.exec(select(Credential).where(Credential.case_id == case.id).with_for_update())).first()
+    moved, secret = _move(row, credential, case_id=case.id, now=now)
+    if moved:
+        row = moved
+        session.add(row)
+    return moved is not None, secret, _view(row)
+
+
+def _move(
+    row: Credential | None, credential: CredentialChange, *, case_id: str, now: datetime
+) -> tuple[Credential | None, SealedSecret | None]:
+    """The credential row after the move (None if the move changes nothing), and what a reveal took."""
     move = credential.move
     if move is CredentialMove.store:
         if row is None:
-            row = Credential(case_id=case_id, key_id=credential.key_id, sealed=credential.sealed, created_at=now)
-        else:
-            row.key_id, row.sealed, row.created_at = credential.key_id, credential.sealed, now
-            row.applied_at = row.expires_at = row.revealed_at = row.destroyed_at = None
-            row.revealed_by = row.destroyed_reason = None
-        session.add(row)
-        return True, None
+            return Credential(case_id=case_id, key_id=credential.key_id, sealed=credential.sealed, created_at=now), None
+        row.key_id, row.sealed, row.created_at = credential.key_id, credential.sealed, now
+        row.applied_at = row.expires_at = row.revealed_at = row.destroyed_at = None
+        row.revealed_by = row.destroyed_reason = None
+        return row, None
     if row is None or row.destroyed_at is not None:
-        return False, None
+        return None, None
     secret = None
     if move is CredentialMove.apply:
         if row.applied_at is not None:
-            return False, None
+            return None, None
         row.applied_at, row.expires_at = now, credential.expires_at
     elif move is CredentialMove.reveal:
         if row.sealed is None:
-            return False, None
+            return None, None
         secret = SealedSecret(row.key_id, bytes(row.sealed))
         row.sealed, row.revealed_at, row.revealed_by = None, now, credential.by
         row.destroyed_at, row.destroyed_reason = now, "revealed"
     else:  # destroy, expire
         row.sealed, row.destroyed_at, row.destroyed_reason = None, now, credential.reason
-    session.add(row)
-    return True, secret
+    return row, secret
+
+
+def _view(row: Credential | None) -> CredentialView | None:
+    if row is None:
+        return None
+    return CredentialView(
+        applied=row.applied_at is not None,
+        expires_at=row.expires_at,
+        revealed_at=row.revealed_at,
+        revealed_by=row.revealed_by,
+        destroyed_at=row.destroyed_at,
+        destroyed_reason=row.destroyed_reason,
+    )
 
 
 def insert_events(session: AsyncSession, *, case_id: str, at: datetime, events: Iterable[TimelineEvent]) -> None:

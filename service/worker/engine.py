@@ -431,7 +431,8 @@ class Engine:
         """The reset's password: sealed and stored before the first attempt, reused by retries."""
         if step is not StepName.reset_password:
             return None, None
-        existing = await cases.load_secret(self.runtime.db, case_id=case.id)
+        # No credential row on the case as read (its first attempt): nothing to look up.
+        existing = None if case.credential is None else await cases.load_secret(self.runtime.db, case_id=case.id)
         if existing is not None:
             return self.sealer.open(Sealed(existing.key_id, existing.blob), context=case.id), None
         password = generate_password()
