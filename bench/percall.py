@@ -92,3 +92,38 @@ def run_case(port: int, upn: str, sequence: list[str]) -> float:
         finally:
             runspace.close()
     return time.perf_counter() - started
+
+
+def warm_sequence(port: int, upn: str, sequence: list[str]) -> float:
+    """The floor under the service: the case's commands one after another on one warm runspace.
+
+    Signed in to both modules once, before the clock starts; then each command is sent, its result
+    read and the pipeline finished, as the pool does, with nothing else in between (no database,
+    no decisions, no HTTP API). Returns the seconds the sequence took.
+    """
+    options = _options(port)
+    runspace = Runspace(options, name="floor")
+    deadline = time.monotonic() + 120
+    runspace.open(deadline)
+    try:
+        exchange = sorted({cmdlet for cmdlet in sequence if cmdlet in c.EXCHANGE_COMMANDS})
+        connect_exchange = c.CONNECT_EXCHANGE(
+            AppId=_APP_ID,
+            CertificateThumbprint=_THUMBPRINT,
+            Organization=_ORG,
+            ShowBanner=False,
+            CommandName=exchange,
+            SkipLoadingFormatData=True,
+        )
+        for connect in (connect_exchange, _connect_for(c.GET_MG_USER.name)):
+            runspace.invoke((connect,), deadline)
+            runspace.finish()
+        started = time.perf_counter()
+        for cmdlet in sequence:
+            result = runspace.invoke((_BUILD[cmdlet](upn),), deadline)
+            runspace.finish()
+            if result.failed:
+                raise RuntimeError(f"{cmdlet} failed in the floor run: {result.records}")
+        return time.perf_counter() - started
+    finally:
+        runspace.close()

@@ -67,6 +67,15 @@ def rows_of(results: dict[str, Any]) -> list[Row]:
                 "<= 1.20",
                 _goal(o["overhead_ratio_p99"], 1.20, at_most=True),
             ),
+            Row(
+                f"  the protocol's floor: the same commands through pypsrp alone cost "
+                f"{o['protocol_ms_per_command']:.1f} ms each beyond their latency; {o['sequential_commands']:.0f} of "
+                "the case's commands wait for the one before, so a service that added nothing else would reach",
+                o["protocol_floor_ratio"],
+                "x",
+                "",
+                None,
+            ),
             Row("dispatch latency p50 (created -> first command at the tenant)", o["dispatch_ms_p50"], "ms", "", None),
             Row(
                 "dispatch latency p99 (PostgreSQL)",

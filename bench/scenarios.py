@@ -108,9 +108,14 @@ def overhead(pg: str, cases: int, *, sqlite: bool = False) -> dict[str, Any]:
                 rows = _sequential(base, key, tenant, mailboxes)
             finally:
                 serve.stop()
+        # With the service stopped: the same commands straight through pypsrp, on the same sandbox.
+        protocol = _protocol_floor(tenant, sandbox_port(url), rows[0]["sequence"], 3 if sqlite else 10)
     finally:
         sandbox.stop()
     ratios = [r["e2e"] / r["floor"] for r in rows]
+    # The case's commands that waited for the one before (the investigation's reads go together):
+    # each pays the protocol's cost per command at least once, whatever sends it.
+    slots = statistics.median(1 + sum(1 for _, g in r["gaps"] if g > 0) for r in rows)
     dispatch = [r["dispatch"] * 1000 for r in rows]
     return {
         "cases": cases,
@@ -129,7 +134,25 @@ def overhead(pg: str, cases: int, *, sqlite: bool = False) -> dict[str, Any]:
             (r["e2e"] - r["dispatch"] - r["floor"]) * 1000 - sum(g for _, g in r["gaps"]) for r in rows
         ),
         "sequence": rows[0]["sequence"],
+        "protocol_ms_per_command": protocol,
+        "sequential_commands": slots,
+        # the ratio a case would have if all the service added were the protocol's cost per command
+        "protocol_floor_ratio": 1 + slots * protocol / 1000 / statistics.median(r["floor"] for r in rows),
     }
+
+
+def _protocol_floor(tenant: Tenant, port: int, sequence: list[str], cases: int) -> float:
+    """Milliseconds each command costs beyond its latency with nothing but pypsrp and the sandbox:
+    the case's commands back to back on one warm runspace (:func:`bench.percall.warm_sequence`),
+    median of ``cases`` runs."""
+    from bench.percall import warm_sequence
+
+    commands = [cmdlet for cmdlet in sequence if not cmdlet.startswith("Connect-")]
+    mailboxes = [f"floor{i}@contoso.com" for i in range(cases)]
+    tenant.restricted_users(mailboxes)
+    busy = sum(_latency_of(cmdlet) for cmdlet in commands)
+    extra = [(warm_sequence(port, mailbox, commands) - busy) * 1000 / len(commands) for mailbox in mailboxes]
+    return statistics.median(extra)
 
 
 def busy_seconds(calls: list[dict[str, Any]]) -> float:

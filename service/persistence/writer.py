@@ -298,7 +298,9 @@ async def _move_credential(
     and the credential as it now is."""
     if credential is None:
         return False, None, case.credential
-    row = (await session.exec(select(Credential).where(Credential.case_id == case.id).with_for_update())).first()
+    row = None
+    if case.credential is not None:  # the case as compared-and-set: it has no credential row otherwise
+        row = (await session.exec(select(Credential).where(Credential.case_id == case.id).with_for_update())).first()
     moved, secret = _move(row, credential, case_id=case.id, now=now)
     if moved:
         row = moved

@@ -102,8 +102,9 @@ class Worker:
     async def _dispatch(self) -> None:
         backoff = 0.25
         while not self._stopping.is_set():
+            free = self.concurrency - len(self._inflight)
             try:
-                claimed = await self._claim()
+                claimed = await self._claim(free)
                 backoff = 0.25
             except Unavailable:
                 # The database logs the outage once (database_unavailable); claiming again is the probe
@@ -111,12 +112,12 @@ class Worker:
                 await self.runtime.work.wait(backoff)
                 backoff = min(backoff * 2, CLAIM_RETRY_MAX)
                 continue
-            if claimed:
-                continue  # there may be more
+            if claimed and claimed == free:
+                continue  # the claim was full: there may be more
             await self.runtime.work.wait(await self._sleep_for())
 
-    async def _claim(self) -> int:
-        free = self.concurrency - len(self._inflight)
+    async def _claim(self, free: int) -> int:
+        """Claim up to ``free`` due cases and start them; how many were claimed."""
         if free <= 0:
             return 0
         claims = await cases.claim_due(
