@@ -1,4 +1,5 @@
-"""The stack's floor for `GET /v1/cases/{id}`: the same stored row, served by the least code that can.
+"""The stack's floor for `GET /v1/cases/{id}` and the list page: the same stored rows, served by the
+least code that can.
 
 Starlette on uvicorn (the same server, event loop and HTTP parser as `unblock serve`) and psycopg
 (the same driver), with nothing else: no FastAPI dependencies, no authentication, no middleware,
@@ -58,6 +59,18 @@ class Connections:
             self.idle.put_nowait(connection)
         return None if row is None else row[0]
 
+    async def page(self, state: str, limit: int) -> list[bytes]:
+        connection = await self.idle.get()
+        try:
+            cursor = await connection.execute(
+                "SELECT document FROM cases WHERE state = %s ORDER BY created_at DESC, id DESC LIMIT %s",
+                (state, limit + 1),
+            )
+            rows = await cursor.fetchall()
+        finally:
+            self.idle.put_nowait(connection)
+        return [bytes(row[0]) for row in rows[:limit] if row[0] is not None]
+
 
 def app(url: str) -> Starlette:
     connections = Connections(url)
@@ -68,13 +81,18 @@ def app(url: str) -> Starlette:
             return Response(status_code=404)
         return Response(body, media_type="application/json")
 
+    async def cases(request: Request) -> Response:
+        """The list page as the service answers it: the stored documents joined (no cursor)."""
+        items = await connections.page(request.query_params["state"], int(request.query_params.get("limit", 50)))
+        return Response(b'{"items":[' + b",".join(items) + b'],"next_cursor":null}', media_type="application/json")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await connections.open()
         yield
         await connections.close()
 
-    return Starlette(routes=[Route("/v1/cases/{case_id}", case)], lifespan=lifespan)
+    return Starlette(routes=[Route("/v1/cases/{case_id}", case), Route("/v1/cases", cases)], lifespan=lifespan)
 
 
 def framework_app(url: str) -> FastAPI:

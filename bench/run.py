@@ -138,6 +138,13 @@ def rows_of(results: dict[str, Any]) -> list[Row]:
             Row("GET /v1/cases/{id}, 50 clients: throughput", a["get"]["rps"], "req/s", "", None),
             Row("GET /v1/cases/{id}: p50 latency", a["get"]["p50_ms"], "ms", "", None),
             Row(
+                "  Starlette + psycopg alone, same 50 clients: p99 latency (the goal's reach on this machine)",
+                a["floor_get"]["p99_ms"],
+                "ms",
+                "",
+                None,
+            ),
+            Row(
                 "GET /v1/cases/{id}: p99 latency",
                 a["get"]["p99_ms"],
                 "ms",
@@ -175,6 +182,20 @@ def rows_of(results: dict[str, Any]) -> list[Row]:
                 "ms",
                 "<= 150 ms",
                 _goal(a["list"]["p99_ms"], 150, at_most=True),
+            ),
+            *(
+                [
+                    Row(
+                        f"  the same page from Starlette + psycopg alone ({a['floor_list']['rps']:,.0f} req/s): "
+                        "p99 latency",
+                        a["floor_list"]["p99_ms"],
+                        "ms",
+                        "",
+                        None,
+                    )
+                ]
+                if "floor_list" in a
+                else []
             ),
         ]
     m = results.get("memory")

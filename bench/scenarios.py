@@ -386,6 +386,10 @@ def api_load(pg: str, total: int, concurrency: int, duration: float) -> dict[str
                     floors[stack] = _loadgen(
                         floor_base, ["--path-file", paths, "--header", auth], concurrency, duration
                     )
+                    if stack == "starlette":
+                        floors["list"] = _loadgen(
+                            f"{floor_base}/v1/cases?state=resolved&limit=50", ["--header", auth], concurrency, duration
+                        )
                 finally:
                     floor.stop()
         finally:
@@ -399,6 +403,7 @@ def api_load(pg: str, total: int, concurrency: int, duration: float) -> dict[str
         "api_rss_mb": api_rss,
         "floor_get": floor_get,
         "frameworks_get": floors["fastapi"],
+        "floor_list": floors["list"],
         "get_p99_vs_floor": get["p99_ms"] / floor_get["p99_ms"],
         "get_rps_vs_floor": floor_get["rps"] / get["rps"],
     }

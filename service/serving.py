@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import secrets
 import signal
 import socket
@@ -159,6 +160,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, the app, the routes, the models) out of the garbage collector.
+
+    Those objects live as long as the process, yet every full collection walks them all: tens of
+    milliseconds in the middle of whatever request or step is running. :func:`gc.freeze` moves them
+    to a permanent generation that collections skip, so a collection walks only what was made since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def serve_forever(
     settings: Settings, *, host: str, port: int, worker: bool, migrate: bool, extra: list[Background] | None = None
 ) -> None:
@@ -186,6 +198,7 @@ def serve_forever(
             proxy_headers=False,
         )
         log.info("serving", url=f"http://{host}:{sock.getsockname()[1]}", worker=worker, sandbox=effective.sandbox)
+        freeze_startup_objects()
         uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -200,5 +213,6 @@ async def run_worker(settings: Settings, *, concurrency: int | None = None) -> N
         for service in services(runtime, worker=True, concurrency=concurrency):
             await stack.enter_async_context(service())
         log.info("worker_ready")
+        freeze_startup_objects()
         await stop.wait()
         log.info("worker_stopping", reason="signal")

@@ -23,7 +23,7 @@ from service.errors import IdempotencyKeyReused, OpenCaseExists
 from service.persistence.db import Database
 from service.persistence.models import Case, IdempotencyRecord
 from service.persistence.records import CaseSnapshot, Claim
-from service.persistence.snapshots import CASES, CREDENTIALS, get_case, open_case_id
+from service.persistence.snapshots import CASES, CREDENTIALS, get_case, open_case_id, read_many_in
 from service.persistence.writer import NewCase, SealedSecret, insert_case
 
 
@@ -171,7 +171,8 @@ async def claim_due(db: Database, *, worker_id: str, now: datetime, lease: float
     )
     async with db.write() as session:
         rows = (await session.exec(statement)).all()
-    return [Claim(case_id=str(r[0]), version=int(r[1])) for r in rows]
+        claimed = {case.id: case for case in await read_many_in(session, [str(r[0]) for r in rows])}
+    return [Claim(case_id=str(r[0]), version=int(r[1]), case=claimed[str(r[0])]) for r in rows]
 
 
 async def next_due_at(db: Database, *, now: datetime) -> datetime | None:

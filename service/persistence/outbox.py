@@ -11,14 +11,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlmodel import col, select
+from sqlalchemy import insert, select, text
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.domain.tenancy import visible
 from service.persistence.models import OutboxEvent, WebhookDelivery, WebhookSubscription
 
 WEBHOOK_CHANNEL = "unblock_webhooks"
+_EVENTS = SQLModel.metadata.tables[str(OutboxEvent.__tablename__)]
+_DELIVERIES = SQLModel.metadata.tables[str(WebhookDelivery.__tablename__)]
+_SUBSCRIPTIONS = SQLModel.metadata.tables[str(WebhookSubscription.__tablename__)]
+_LIVE_SUBSCRIPTIONS = select(_SUBSCRIPTIONS.c.id, _SUBSCRIPTIONS.c.events, _SUBSCRIPTIONS.c.tenants).where(
+    _SUBSCRIPTIONS.c.deleted_at.is_(None)
+)
 
 
 def timestamp(value: datetime) -> str:
@@ -35,34 +41,45 @@ async def emit(
     case_id: str | None,
     ordering_key: str,
     tenant: str | None,
-) -> OutboxEvent:
-    """Store an event and a delivery for each subscription that wants its type and may see its tenant.
+) -> int:
+    """Store an event and a delivery for each subscription that wants its type and may see its tenant;
+    the event's id.
 
     A subscription limited to tenants (made with a key limited to them) gets only their events;
     an event of no tenant yet (a case intake could not place) goes only to unlimited ones.
+    Core statements, not ORM objects: this runs in most of the writer's transactions.
     """
-    event = OutboxEvent(
-        type=type, case_id=case_id, occurred_at=at, payload={"type": type, "timestamp": timestamp(at), "data": data}
-    )
-    session.add(event)
-    await session.flush()
-    subscriptions = (
-        await session.exec(select(WebhookSubscription).where(col(WebhookSubscription.deleted_at).is_(None)))
-    ).all()
-    wanted = [s for s in subscriptions if (type in s.events or "*" in s.events) and visible(tenant, s.tenants)]
-    for subscription in wanted:
-        session.add(
-            WebhookDelivery(
-                subscription_id=subscription.id,
-                event_id=int(event.id or 0),
-                ordering_key=ordering_key,
-                next_attempt_at=at,
-                created_at=at,
+    connection = await session.connection()
+    payload = {"type": type, "timestamp": timestamp(at), "data": data}
+    event_id = int(
+        (
+            await connection.execute(
+                insert(_EVENTS)
+                .values(type=type, case_id=case_id, occurred_at=at, payload=payload)
+                .returning(_EVENTS.c.id)
             )
-        )
+        ).scalar_one()
+    )
+    subscriptions = (await connection.execute(_LIVE_SUBSCRIPTIONS)).all()
+    wanted = [s.id for s in subscriptions if (type in s.events or "*" in s.events) and visible(tenant, s.tenants)]
     if wanted:
+        await connection.execute(
+            insert(_DELIVERIES),
+            [
+                {
+                    "subscription_id": subscription_id,
+                    "event_id": event_id,
+                    "ordering_key": ordering_key,
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": at,
+                    "created_at": at,
+                }
+                for subscription_id in wanted
+            ],
+        )
         await notify_deliveries(session)
-    return event
+    return event_id
 
 
 async def notify_deliveries(session: AsyncSession) -> None:

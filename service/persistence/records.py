@@ -98,8 +98,11 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """A case a worker leased, as the claim's transaction left it (no second read to start on it)."""
+
     case_id: str
     version: int
+    case: CaseSnapshot
 
 
 def _ts(value: datetime | None) -> str | None:

@@ -43,6 +43,7 @@ CASE_ROWS = sa_select(*CASE_COLUMNS, *_CREDENTIAL_COLUMNS).select_from(
 )
 _DOCUMENT = sa_select(CASES.c.tenant, CASES.c.document).where(CASES.c.id == bindparam("case_id"))
 _GET_CASE = CASE_ROWS.where(CASES.c.id == bindparam("case_id"))
+_GET_CASES = CASE_ROWS.where(CASES.c.id.in_(bindparam("ids", expanding=True)))
 STEPS_OF = sa_select(STEPS).where(STEPS.c.case_id.in_(bindparam("ids", expanding=True)))
 EVENTS = SQLModel.metadata.tables["case_events"]
 _STATE = sa_select(CASES.c.state, CASES.c.outcome).where(CASES.c.id == bindparam("case_id"))
@@ -130,6 +131,14 @@ async def read_in(session: AsyncSession, case_id: str) -> CaseSnapshot:
     if not found:
         raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
     return found[0]
+
+
+async def read_many_in(session: AsyncSession, case_ids: Sequence[str]) -> list[CaseSnapshot]:
+    """These cases as this transaction sees them (in no particular order; missing ones left out)."""
+    if not case_ids:
+        return []
+    await session.flush()
+    return await _read_rows(await session.connection(), _GET_CASES, {"ids": list(case_ids)})
 
 
 async def get_case(db: Database, *, case_id: str) -> CaseSnapshot:
@@ -237,8 +246,7 @@ async def list_documents(db: Database, **filters: Unpack[CaseFilters]) -> tuple[
         missing = [r.id for r in rows if r.document is None]
         rendered: dict[str, bytes] = {}
         if missing:
-            statement = CASE_ROWS.where(CASES.c.id.in_(bindparam("ids", expanding=True)))
-            for snapshot in await _read_rows(connection, statement, {"ids": missing}):
+            for snapshot in await _read_rows(connection, _GET_CASES, {"ids": missing}):
                 rendered[snapshot.id] = render_document(case_document(snapshot))
     documents = [bytes(r.document) if r.document is not None else rendered[r.id] for r in rows]
     next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert as sa_insert
 from sqlalchemy import text
 from sqlalchemy import update as sa_update
 from sqlmodel import select
@@ -45,11 +46,12 @@ from service.errors import ConcurrentUpdate, OpenCaseExists
 from service.logging import get_logger
 from service.persistence import audit, outbox
 from service.persistence.db import Database
-from service.persistence.models import Case, CaseEvent, CaseStep, Credential
+from service.persistence.models import Case, Credential
 from service.persistence.records import CaseSnapshot, StepRecord, case_document, render_document
 from service.persistence.snapshots import (
     CASE_COLUMNS,
     CASES,
+    EVENTS,
     STEPS,
     open_case_in,
     read_in,
@@ -175,7 +177,7 @@ async def write_change(
     # The case as written, from what the statements returned: no read back.
     after = snapshot_from(row, steps, credential)
     events = change.events if moved else tuple(e for e in change.events if e.type not in _CREDENTIAL_EVENTS)
-    insert_events(session, case_id=case.id, at=now, events=events)
+    await insert_events(session, case_id=case.id, at=now, events=events)
     if change.audit is not None:
         if signer is None:
             raise AssertionError("a change with an audit note needs the audit signer")
@@ -351,21 +353,25 @@ def _view(row: Credential | None) -> CredentialView | None:
     )
 
 
-def insert_events(session: AsyncSession, *, case_id: str, at: datetime, events: Iterable[TimelineEvent]) -> None:
-    """The timeline rows of a change (the only place that writes them)."""
-    session.add_all(
-        CaseEvent(
-            case_id=case_id,
-            at=at,
-            actor=event.actor,
-            type=event.type.value,
-            from_state=event.from_state.value if event.from_state else None,
-            to_state=event.to_state.value if event.to_state else None,
-            step=event.step.value if event.step else None,
-            detail=event.detail,
-        )
+async def insert_events(session: AsyncSession, *, case_id: str, at: datetime, events: Iterable[TimelineEvent]) -> None:
+    """The timeline rows of a change (the only place that writes them), in the order given."""
+    rows = [
+        {
+            "case_id": case_id,
+            "at": at,
+            "actor": event.actor,
+            "type": event.type.value,
+            "from_state": event.from_state.value if event.from_state else None,
+            "to_state": event.to_state.value if event.to_state else None,
+            "step": event.step.value if event.step else None,
+            "detail": event.detail,
+        }
         for event in events
-    )
+    ]
+    if rows:
+        # Core, one statement (psycopg sends several rows as one batch): no ORM unit of work to run.
+        connection = await session.connection()
+        await connection.execute(sa_insert(EVENTS), rows)
 
 
 async def _emit_webhooks(
@@ -430,11 +436,42 @@ async def insert_case(session: AsyncSession, *, new: NewCase, actor: str, now: d
         created_at=now,
         updated_at=now,
     )
-    session.add(case)
+    # Core with RETURNING: the case as stored (JSON as the database gives it back), no read back.
+    connection = await session.connection()
+    row = (
+        await connection.execute(
+            sa_insert(CASES)
+            .values(**{k: v for k, v in case.model_dump(exclude={"document"}).items() if v is not None})
+            .returning(*CASE_COLUMNS)
+        )
+    ).one()
     plan = build_plan(new.actions)
-    session.add_all(
-        CaseStep(case_id=case.id, name=step.value, position=i, status=StepStatus.pending.value)
+    steps = [
+        StepRecord(
+            name=step,
+            position=i,
+            status=StepStatus.pending,
+            attempts=0,
+            failures=0,
+            started_at=None,
+            finished_at=None,
+            error=None,
+        )
         for i, step in enumerate(plan)
+    ]
+    await connection.execute(
+        sa_insert(STEPS),
+        [
+            {
+                "case_id": case.id,
+                "name": s.name.value,
+                "position": s.position,
+                "status": s.status.value,
+                "attempts": 0,
+                "failures": 0,
+            }
+            for s in steps
+        ],
     )
     opened = case_opened(
         mailbox=new.mailbox,
@@ -443,8 +480,8 @@ async def insert_case(session: AsyncSession, *, new: NewCase, actor: str, now: d
         plan=[s.value for s in plan],
         actor=actor,
     )
-    insert_events(session, case_id=case.id, at=now, events=(opened,))
-    snapshot = await read_in(session, case.id)
+    await insert_events(session, case_id=case.id, at=now, events=(opened,))
+    snapshot = snapshot_from(row, steps, None)
     await store_document(session, snapshot)
     await outbox.emit(
         session,
@@ -473,6 +510,6 @@ async def assign_tenant(db: Database, *, case_id: str, tenant: str, now: datetim
         )
         if result.rowcount != 1:
             return False
-        insert_events(session, case_id=case_id, at=now, events=(tenant_assigned(tenant),))
+        await insert_events(session, case_id=case_id, at=now, events=(tenant_assigned(tenant),))
         await store_document(session, await read_in(session, case_id))
     return True

@@ -77,7 +77,7 @@ class Engine:
     async def process(self, claim: Claim) -> None:
         db = self.runtime.db
         with bound(case_id=claim.case_id, worker_id=self.worker_id):
-            case = await self._durably(lambda: cases.load_claimed(db, case_id=claim.case_id))
+            case = claim.case
             if case.lease_owner != self.worker_id:
                 return
             # True when the write that recorded the last step also started the next one (one commit
