@@ -12,6 +12,7 @@ import base64
 import binascii
 import hmac
 import os
+import time
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -19,12 +20,15 @@ from starlette.types import Receive, Scope, Send
 
 from service.sandbox import wsman
 from service.sandbox.runner import start_metadata, start_pipeline
-from service.sandbox.shells import CommandRun, Outbox, Shell, ShellRegistry, serving
+from service.sandbox.shells import Arrival, CommandRun, Outbox, Shell, ShellRegistry, serving
+from service.sandbox.tenant import now_utc
 from service.sandbox.wsman import NS, Action, Request, WSManFault, q
 
 SOAP = b"application/soap+xml;charset=UTF-8"
 MAX_BODY = 2 * 1024 * 1024
 MAX_LONG_POLL = 60.0
+#: The scope key of a request's arrival (:class:`~service.sandbox.shells.Arrival`).
+ARRIVED = "unblock.sandbox.arrived"
 
 
 class _Drop(Exception):
@@ -56,6 +60,7 @@ class WSManEndpoint:
     # --- HTTP -----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[ARRIVED] = Arrival(time.monotonic(), now_utc())  # before the body is read and parsed
         if scope["method"] != "POST":
             await _respond(send, 405, b"", extra=[(b"allow", b"POST")])
             return
@@ -160,7 +165,7 @@ class WSManEndpoint:
         children = wsman.resource_created(shell_id, self.endpoint_url, request.resource_uri, self._shell_xml(shell))
         return wsman.envelope(wsman.RESPONSE_OF[Action.CREATE], request.message_id, *children)
 
-    async def command(self, request: Request, _: Scope) -> bytes:
+    async def command(self, request: Request, scope: Scope) -> bytes:
         shell = self._shell(request)
         line = request.body.find("rsp:CommandLine", NS)
         if line is None:
@@ -170,7 +175,7 @@ class WSManEndpoint:
             uuid.UUID(command_id)
         except ValueError:
             raise wsman.bad_request_fault("CommandId must be a GUID.") from None
-        shell.add_command(command_id)
+        shell.add_command(command_id, arrived=scope.get(ARRIVED))
         for argument in line.findall("rsp:Arguments", NS):
             if argument.text:
                 self._feed(shell, _b64(argument.text), command_id)

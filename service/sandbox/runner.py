@@ -14,6 +14,8 @@ to the error stream and the pipeline completes.
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 from typing import Any
 
 from psrpcore.types import ErrorCategoryInfo, ErrorDetails, ErrorRecord, NETException, PSInvocationState
@@ -21,7 +23,7 @@ from psrpcore.types import ErrorCategoryInfo, ErrorDetails, ErrorRecord, NETExce
 from service.sandbox import binding, cmdlets, faults, records
 from service.sandbox import metadata as command_metadata
 from service.sandbox.records import CmdletError, ErrorSpec
-from service.sandbox.shells import CommandRun, Shell
+from service.sandbox.shells import Arrival, CommandRun, Shell
 from service.sandbox.tenant import COMMAND_FAULTS, SESSION_FAULTS, now_utc
 
 
@@ -82,10 +84,18 @@ def _raw_parameters(command: Any) -> dict[str, Any]:
 
 
 async def _run_command(
-    shell: Shell, run: CommandRun, runspace: cmdlets.Runspace, command: Any, piped: list[Any], has_input: bool
+    shell: Shell,
+    run: CommandRun,
+    runspace: cmdlets.Runspace,
+    command: Any,
+    piped: list[Any],
+    has_input: bool,
+    arrived: Arrival | None = None,
 ) -> list[Any]:
+    """Run one command of a pipeline; ``arrived``: when the request carrying it reached the sandbox
+    (the pipeline's first command), from which its latency counts."""
     name = str(command.command_text)
-    received = now_utc()
+    received = arrived.at if arrived is not None else now_utc()
     # The tenant the command runs against: its faults, its config, its data, its name in the call log.
     tenant = cmdlets.tenant_for(runspace, name, jea=shell.jea)
 
@@ -132,7 +142,9 @@ async def _run_command(
         log("fault: hang", parameters)
         await asyncio.Event().wait()  # until the client stops, terminates or deletes
     latency = tenant.config.latency_for(found.name)
-    if latency:
+    if arrived is not None:  # the latency is the tenant's time for the command, reading the request included
+        latency -= time.monotonic() - arrived.monotonic
+    if latency > 0:
         await asyncio.sleep(latency)
     micro_delay_ms = 0
     if fault == "transient":
@@ -202,7 +214,13 @@ def _statements(metadata: Any) -> list[list[Any]]:
 
 
 async def run_pipeline(shell: Shell, run: CommandRun, metadata: Any) -> None:
+    waiting = time.monotonic()
     runspace = await shell.acquire()
+    waited = time.monotonic() - waiting
+    # A pipeline that waited for a free runspace starts when it gets one: the wait is not the command's.
+    arrived = run.arrived
+    if arrived is not None:
+        arrived = Arrival(arrived.monotonic + waited, arrived.at + timedelta(seconds=waited))
     current = ""
     try:
         run.pipeline.start()
@@ -212,7 +230,8 @@ async def run_pipeline(shell: Shell, run: CommandRun, metadata: Any) -> None:
             has_input = bool(piped)
             for command in statement:
                 current = str(command.command_text)
-                piped = await _run_command(shell, run, runspace, command, piped, has_input)
+                piped = await _run_command(shell, run, runspace, command, piped, has_input, arrived)
+                arrived = None  # the commands after the first start when the one before ends
                 has_input = True
                 shell.flush()
             for value in piped:

@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from psrpcore import ServerPipeline, ServerRunspacePool
@@ -65,6 +66,14 @@ def serving(configuration: str, tenants: Tenants) -> tuple[Tenant, bool] | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """When a request reached the sandbox: for timing (monotonic) and for the call log (wall clock)."""
+
+    monotonic: float
+    at: datetime
+
+
 @dataclass
 class Outbox:
     """PSRP bytes waiting for one Receive target, and the last answer for re-delivery.
@@ -102,6 +111,9 @@ class CommandRun:
     task: asyncio.Task[None] | None = None
     inputs: list[Any] = field(default_factory=list)
     drop_next_receive: bool = False
+    # When the request that carried the pipeline reached the endpoint (monotonic seconds, and the
+    # wall clock): a command's latency counts from there, the sandbox's own handling included.
+    arrived: Arrival | None = None
 
     @property
     def finished(self) -> bool:
@@ -269,9 +281,9 @@ class Shell:
             self._handle(event)
         self.flush()
 
-    def add_command(self, command_id: str) -> CommandRun:
+    def add_command(self, command_id: str, arrived: Arrival | None = None) -> CommandRun:
         key = command_id.upper()
-        run = CommandRun(command_id=key, pipeline=ServerPipeline(self.pool, uuid.UUID(command_id)))
+        run = CommandRun(command_id=key, pipeline=ServerPipeline(self.pool, uuid.UUID(command_id)), arrived=arrived)
         self.commands[key] = run
         return run
 
