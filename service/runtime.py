@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from service.config import Settings
 from service.domain.audit import AuditSigner
 from service.domain.tenancy import TenantDomains
 from service.persistence.db import Database
+from service.persistence.records import Claim, Lease
 from service.security.destinations import DestinationPolicy, Resolver, system_resolver
 
 if TYPE_CHECKING:
@@ -81,6 +82,21 @@ class CaseEvents:
                     del self._waiters[case_id]
 
 
+class LocalWorker(Protocol):
+    """The worker running in this process, as intake sees it: a new case can be created already held
+    by it (:meth:`reserve`, then :meth:`take` once the case is committed, or :meth:`unreserve`), so
+    that it starts at once, without waiting to be woken and claiming it in a transaction of its own."""
+
+    def reserve(self, now: datetime) -> Lease | None:
+        """Room for one more case: the lease to create it with; None when the worker is full or stopping."""
+
+    def unreserve(self) -> None:
+        """The reserved case was not created (or not with the lease)."""
+
+    def take(self, claim: Claim) -> None:
+        """Run a case created with a reserved lease."""
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -92,6 +108,7 @@ class Runtime:
     events: CaseEvents = field(default_factory=CaseEvents)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     tenant_cache: tuple[float, tuple[TenantDomains, ...]] | None = None  # intake's view, re-read every 30 s
+    local_worker: LocalWorker | None = None  # set by a worker running in this process
     instance: str = "unblock"
 
     #: How host names become addresses for the webhook destination check; tests put a stub here.

@@ -92,11 +92,25 @@ async def open_case(
     def render(case: CaseSnapshot) -> tuple[dict[str, Any], str]:
         return case_document(case), location(case.id)
 
-    stored = await cases.create_case(
-        runtime.db, new=new, actor=actor, now=runtime.clock(), render=render, idempotency=idempotency
-    )
+    now = runtime.clock()
+    local = runtime.local_worker
+    lease = local.reserve(now) if local is not None else None
+    try:
+        stored = await cases.create_case(
+            runtime.db, new=new, actor=actor, now=now, render=render, idempotency=idempotency, lease=lease
+        )
+    except BaseException:
+        if local is not None and lease is not None:
+            local.unreserve()
+        raise
+    if local is not None and lease is not None:
+        if stored.claimed is not None:
+            local.take(stored.claimed)  # this process's worker starts on it now
+        else:
+            local.unreserve()  # a replay: nothing was created
     if not stored.replayed:
-        runtime.work.notify()
+        if stored.claimed is None:
+            runtime.work.notify()
         runtime.events.publish(str(stored.body.get("id")))
         log.info("case_created", case_id=stored.body.get("id"), mailbox=body.mailbox, actor=actor)
     return stored

@@ -22,7 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from service.errors import IdempotencyKeyReused, OpenCaseExists
 from service.persistence.db import Database
 from service.persistence.models import Case, IdempotencyRecord
-from service.persistence.records import CaseSnapshot, Claim
+from service.persistence.records import CaseSnapshot, Claim, Lease
 from service.persistence.snapshots import CASES, CREDENTIALS, get_case, open_case_id, read_many_in
 from service.persistence.writer import NewCase, SealedSecret, insert_case
 
@@ -42,6 +42,7 @@ class Stored:
     body: dict[str, Any]
     location: str | None
     replayed: bool
+    claimed: Claim | None = None  # the case, when it was created held by the given lease
 
 
 def request_hash(payload: Any) -> str:
@@ -82,11 +83,17 @@ async def create_case(
     now: datetime,
     render: Render,
     idempotency: IdempotencyRequest | None = None,
+    lease: Lease | None = None,
 ) -> Stored:
-    """Insert the case, its planned steps and its first event; store the response for replays."""
+    """Insert the case, its planned steps and its first event; store the response for replays.
+
+    With ``lease`` the case is created held by that worker, and ``claimed`` says so (not on a replay).
+    """
     for attempt in range(2):
         try:
-            return await _create_once(db, new=new, actor=actor, now=now, render=render, idempotency=idempotency)
+            return await _create_once(
+                db, new=new, actor=actor, now=now, render=render, idempotency=idempotency, lease=lease
+            )
         except IntegrityError:
             if attempt:
                 raise
@@ -107,11 +114,12 @@ async def _create_once(
     now: datetime,
     render: Render,
     idempotency: IdempotencyRequest | None,
+    lease: Lease | None,
 ) -> Stored:
     async with db.write() as session:
         if idempotency is not None and (stored := await _replay(session, idempotency)) is not None:
             return stored
-        snapshot = await insert_case(session, new=new, actor=actor, now=now)
+        snapshot = await insert_case(session, new=new, actor=actor, now=now, lease=lease)
         body, location = render(snapshot)
         if idempotency is not None:
             session.add(
@@ -125,7 +133,8 @@ async def _create_once(
                     created_at=now,
                 )
             )
-        return Stored(status_code=201, body=body, location=location, replayed=False)
+        claimed = Claim(case_id=snapshot.id, version=snapshot.version, case=snapshot) if lease is not None else None
+        return Stored(status_code=201, body=body, location=location, replayed=False, claimed=claimed)
 
 
 # --- the worker's side --------------------------------------------------------------------------------

@@ -97,6 +97,14 @@ class EventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A case held by one worker until a time (the same lease a claim takes)."""
+
+    owner: str
+    until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """A case a worker leased, as the claim's transaction left it (no second read to start on it)."""
 

@@ -47,7 +47,7 @@ from service.logging import get_logger
 from service.persistence import audit, outbox
 from service.persistence.db import Database
 from service.persistence.models import Case, Credential
-from service.persistence.records import CaseSnapshot, StepRecord, case_document, render_document
+from service.persistence.records import CaseSnapshot, Lease, StepRecord, case_document, render_document
 from service.persistence.snapshots import (
     CASE_COLUMNS,
     CASES,
@@ -415,8 +415,14 @@ class NewCase:
     tenant: str | None = None
 
 
-async def insert_case(session: AsyncSession, *, new: NewCase, actor: str, now: datetime) -> CaseSnapshot:
-    """Within a caller's transaction: the case, its planned steps, its first event and case.created."""
+async def insert_case(
+    session: AsyncSession, *, new: NewCase, actor: str, now: datetime, lease: Lease | None = None
+) -> CaseSnapshot:
+    """Within a caller's transaction: the case, its planned steps, its first event and case.created.
+
+    ``lease``: the case is created already held by that worker (the worker in the creating process,
+    which starts on it at once instead of claiming it).
+    """
     existing = await open_case_in(session, mailbox=new.mailbox)
     if existing is not None:
         raise OpenCaseExists(existing, f"{new.mailbox} already has an open case")
@@ -435,6 +441,8 @@ async def insert_case(session: AsyncSession, *, new: NewCase, actor: str, now: d
         created_by_id=new.created_by_id,
         created_at=now,
         updated_at=now,
+        lease_owner=lease.owner if lease is not None else None,
+        lease_expires_at=lease.until if lease is not None else None,
     )
     # Core with RETURNING: the case as stored (JSON as the database gives it back), no read back.
     connection = await session.connection()
@@ -492,7 +500,8 @@ async def insert_case(session: AsyncSession, *, new: NewCase, actor: str, now: d
         ordering_key=f"case:{case.id}",
         tenant=snapshot.tenant,
     )
-    await notify_workers(session, case.id)
+    if lease is None:  # a case created held by a worker is that worker's: nobody else need look
+        await notify_workers(session, case.id)
     return snapshot
 
 

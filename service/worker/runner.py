@@ -15,13 +15,13 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from service.errors import Unavailable
 from service.logging import get_logger
 from service.persistence import cases, credentials
 from service.persistence.listen import listen
-from service.persistence.records import Claim
+from service.persistence.records import Claim, Lease
 from service.runtime import Runtime
 from service.worker.engine import Engine
 
@@ -57,6 +57,7 @@ class Worker:
         self.grace = grace
         self.engine = Engine(runtime, worker_id=self.worker_id)
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0  # cases intake in this process is creating with our lease (LocalWorker)
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -77,10 +78,14 @@ class Worker:
                     listen(self.runtime.db.url, lambda _: self.runtime.work.notify()), name="worker-listen"
                 )
             )
+        if self.runtime.local_worker is None:
+            self.runtime.local_worker = self
         log.info("worker_started", worker_id=self.worker_id, concurrency=self.concurrency)
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.runtime.local_worker is self:
+            self.runtime.local_worker = None
         self.runtime.work.notify()
         if self._inflight:
             await asyncio.wait(list(self._inflight.values()), timeout=self.grace)
@@ -102,7 +107,7 @@ class Worker:
     async def _dispatch(self) -> None:
         backoff = 0.25
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._inflight)
+            free = self._free()
             try:
                 claimed = await self._claim(free)
                 backoff = 0.25
@@ -127,8 +132,32 @@ class Worker:
             self._inflight[claim.case_id] = asyncio.get_running_loop().create_task(self._run(claim))
         return len(claims)
 
+    def _free(self) -> int:
+        return self.concurrency - len(self._inflight) - self._reserved
+
+    # --- cases created in this process (service.runtime.LocalWorker) ------------------------------
+
+    def reserve(self, now: datetime) -> Lease | None:
+        if self._stopping.is_set() or self._free() <= 0:
+            return None
+        self._reserved += 1
+        return Lease(owner=self.worker_id, until=now + timedelta(seconds=self.lease))
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+
+    def take(self, claim: Claim) -> None:
+        self._reserved -= 1
+        if self._stopping.is_set():  # held by us, but we are going: let another worker have it at once
+            release = cases.release_lease(self.runtime.db, case_id=claim.case_id, worker_id=self.worker_id)
+            task = asyncio.get_running_loop().create_task(release)
+            self.runtime.background.add(task)
+            task.add_done_callback(self.runtime.background.discard)
+            return
+        self._inflight[claim.case_id] = asyncio.get_running_loop().create_task(self._run(claim))
+
     async def _sleep_for(self) -> float:
-        if len(self._inflight) >= self.concurrency:
+        if self._free() <= 0:
             return self.poll_interval  # a finishing case wakes us
         try:
             due = await cases.next_due_at(self.runtime.db, now=self.now())
