@@ -27,7 +27,7 @@ from bench.processes import PG_DEFAULT
 RESULTS = Path(__file__).resolve().parent / "results"
 #: (pool size, cases) per throughput run, full and --quick
 THROUGHPUT_RUNS = {False: [(1, 60), (4, 200), (16, 400)], True: [(1, 15), (4, 50), (16, 100)]}
-PARTS = ["overhead", "sqlite", "throughput", "baseline", "api", "memory"]
+PARTS = ["overhead", "sqlite", "split", "throughput", "baseline", "api", "memory"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,19 @@ def rows_of(results: dict[str, Any]) -> list[Row]:
                 _goal(q["dispatch_ms_p99"], 50, at_most=True),
             ),
             Row("overhead ratio on SQLite, median", q["overhead_ratio_p50"], "x", "", None),
+        ]
+    d = results.get("split")
+    if d:
+        rows += [
+            Row(
+                "dispatch latency p50, API and worker in separate processes (NOTIFY and a claim)",
+                d["dispatch_ms_p50"],
+                "ms",
+                "",
+                None,
+            ),
+            Row("dispatch latency p99, API and worker in separate processes", d["dispatch_ms_p99"], "ms", "", None),
+            Row("overhead ratio, API and worker in separate processes, median", d["overhead_ratio_p50"], "x", "", None),
         ]
     for t in results.get("throughput", []):
         judged = t["pool_size"] in (1, 4)  # pool 16 is reported (where the CPU goes), not judged
@@ -257,6 +270,7 @@ def main() -> None:
 
     part("overhead", lambda: scenarios.overhead(pg, 10 if quick else 50))
     part("sqlite", lambda: scenarios.overhead(pg, 10 if quick else 30, sqlite=True))
+    part("split", lambda: scenarios.overhead(pg, 10 if quick else 30, split=True))
     sequence = results.get("overhead", {}).get("sequence") or [
         "Update-MgUser",
         "Revoke-MgUserSignInSession",

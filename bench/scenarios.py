@@ -94,9 +94,14 @@ def _sqlite_database() -> Iterator[str]:
         yield f"sqlite:///{folder}/bench.db"
 
 
-def overhead(pg: str, cases: int, *, sqlite: bool = False) -> dict[str, Any]:
-    """Cases one after another through `unblock serve`; on PostgreSQL, or on an SQLite file with ``sqlite``."""
-    sandbox, url = start_sandbox(name="sandbox-sqlite" if sqlite else "sandbox")
+def overhead(pg: str, cases: int, *, sqlite: bool = False, split: bool = False) -> dict[str, Any]:
+    """Cases one after another through `unblock serve`; on PostgreSQL, or on an SQLite file with ``sqlite``.
+
+    ``split``: through `serve --no-worker` and a `worker` process instead (PostgreSQL), where a new
+    case reaches the worker by NOTIFY and a claim rather than being handed over in-process.
+    """
+    name = "sqlite" if sqlite else "split" if split else "serve"
+    sandbox, url = start_sandbox(name=f"sandbox-{name}")
     tenant = Tenant(url)
     try:
         tenant.configure(latency_ms={"*": COMMAND_MS, "Connect-*": CONNECT_MS}, unblock_limit_per_day=100_000)
@@ -107,15 +112,18 @@ def overhead(pg: str, cases: int, *, sqlite: bool = False) -> dict[str, Any]:
             env = service_env(database_url, sandbox_port(url), UNBLOCK_PS_POOL_SIZE=4)
             migrate(env)
             key = make_key(env)
-            serve, base = start_serve(env, name="serve-sqlite" if sqlite else "serve")
+            serve, base = start_serve(env, worker=not split, name=name)
+            worker = start_worker(env, name="worker-split") if split else None
             try:
                 tenant.wait_connects(2 * 4)
                 _sequential(base, key, tenant, warmup)  # not counted: see WARMUP_CASES
                 rows = _sequential(base, key, tenant, mailboxes)
             finally:
+                if worker is not None:
+                    worker.stop()
                 serve.stop()
         # With the service stopped: the same commands straight through pypsrp, on the same sandbox.
-        protocol = _protocol_floor(tenant, sandbox_port(url), rows[0]["sequence"], 3 if sqlite else 10)
+        protocol = _protocol_floor(tenant, sandbox_port(url), rows[0]["sequence"], 10) if name == "serve" else None
     finally:
         sandbox.stop()
     ratios = [r["e2e"] / r["floor"] for r in rows]
@@ -140,10 +148,16 @@ def overhead(pg: str, cases: int, *, sqlite: bool = False) -> dict[str, Any]:
             (r["e2e"] - r["dispatch"] - r["floor"]) * 1000 - sum(g for _, g in r["gaps"]) for r in rows
         ),
         "sequence": rows[0]["sequence"],
-        "protocol_ms_per_command": protocol,
         "sequential_commands": slots,
-        # the ratio a case would have if all the service added were the protocol's cost per command
-        "protocol_floor_ratio": 1 + slots * protocol / 1000 / statistics.median(r["floor"] for r in rows),
+        **(
+            {
+                "protocol_ms_per_command": protocol,
+                # the ratio a case would have if all the service added were the protocol's cost per command
+                "protocol_floor_ratio": 1 + slots * protocol / 1000 / statistics.median(r["floor"] for r in rows),
+            }
+            if protocol is not None
+            else {}
+        ),
     }
 
 

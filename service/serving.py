@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import secrets
 import signal
@@ -25,7 +26,9 @@ from service.discovery.poller import Discovery
 from service.logging import get_logger
 from service.notifications.delivery import WebhookDispatcher
 from service.persistence.db import Database
+from service.persistence.listen import listen
 from service.persistence.migrate import upgrade
+from service.persistence.writer import CASE_CHANNEL, PROCESS_TAG
 from service.powershell.bridge import PowerShellBridge
 from service.powershell.budget import RunspaceBudget
 from service.runtime import Runtime
@@ -109,8 +112,9 @@ def build_runtime(settings: Settings, *, tenant: bool = True) -> Runtime:
     return Runtime(settings=settings, db=db, gateway=default, gateways=gateways)
 
 
-def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None) -> list[Background]:
-    """What runs beside the API in one process: the bridge's warm pool, and the worker."""
+def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None, api: bool = True) -> list[Background]:
+    """What runs beside the API in one process: the bridge's warm pool, the feed of other processes'
+    changes for live views (``api``: not in a worker alone), and the worker."""
 
     @asynccontextmanager
     async def gateway() -> AsyncIterator[object]:
@@ -140,7 +144,28 @@ def services(runtime: Runtime, *, worker: bool, concurrency: int | None = None) 
                 await poller.stop()
                 await dispatcher.stop()
 
-    return [gateway, engine] if worker else [gateway]
+    @asynccontextmanager
+    async def live_feed() -> AsyncIterator[object]:
+        """Changes other processes make reach this process's live views at once (PostgreSQL NOTIFY);
+        without it they would see them only at their next poll."""
+        if not runtime.db.is_postgres:
+            yield None
+            return
+
+        def changed(payload: str) -> None:
+            case_id, _, tag = payload.partition(" ")
+            if case_id and tag != PROCESS_TAG:  # this process's own changes were published in-process
+                runtime.events.publish(case_id)
+
+        task = asyncio.get_running_loop().create_task(listen(runtime.db.url, changed, channel=CASE_CHANNEL))
+        try:
+            yield task
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return [gateway, *([live_feed] if api else []), *([engine] if worker else [])]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -210,7 +235,7 @@ async def run_worker(settings: Settings, *, concurrency: int | None = None) -> N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
-        for service in services(runtime, worker=True, concurrency=concurrency):
+        for service in services(runtime, worker=True, concurrency=concurrency, api=False):
             await stack.enter_async_context(service())
         log.info("worker_ready")
         freeze_startup_objects()

@@ -15,6 +15,7 @@ then give up loudly with :class:`~service.errors.ConcurrentUpdate`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +66,10 @@ log = get_logger(__name__)
 CAS_ATTEMPTS = 5
 #: The PostgreSQL channel that wakes workers when a case becomes due.
 NOTIFY_CHANNEL = "unblock_work"
+#: The PostgreSQL channel that tells live views (SSE, the dashboard) in other processes a case changed.
+CASE_CHANNEL = "unblock_cases"
+#: This process, in :data:`CASE_CHANNEL` payloads: its own changes reach its views in-process.
+PROCESS_TAG = os.urandom(6).hex()
 
 _CREDENTIAL_EVENTS = frozenset(
     {EventType.credential_available, EventType.credential_revealed, EventType.credential_expired}
@@ -133,6 +138,7 @@ async def change_case(
             if along is not None:
                 await along(session)
             if then is None:
+                await notify_change(session, case_id, workers=change.notify)
                 return written
             follow = then(written.case)
             followed = None
@@ -144,6 +150,7 @@ async def change_case(
                     raise AssertionError(f"case {case_id} changed inside the transaction that changed it")
             else:
                 await store_document(session, written.case)
+            await notify_change(session, case_id, workers=change.notify or (follow is not None and follow.notify))
             return Written(written.case, written.change, written.secret, then=followed)
     log.error("case_kept_changing", case_id=case_id, attempts=CAS_ATTEMPTS)
     raise ConcurrentUpdate(f"case {case_id} changed {CAS_ATTEMPTS} times while this change was being made; try again")
@@ -162,7 +169,8 @@ async def write_change(
     """Write ``change`` to ``case`` in the caller's transaction; None if the compare-and-set lost.
 
     ``store``: keep the case's document with this version (False only when the caller writes
-    another change in the same transaction and stores the document after that).
+    another change in the same transaction and stores the document after that). Other processes
+    are told of the change by the caller, once per transaction (:func:`notify_change`).
     """
     if change.before in TERMINAL_STATES and change.after not in TERMINAL_STATES:
         other = await open_case_in(session, mailbox=case.mailbox, other_than=case.id)
@@ -190,8 +198,6 @@ async def write_change(
             target=case.id,
             detail=change.audit.detail,
         )
-    if change.notify:
-        await notify_workers(session, case.id)
     if store:
         await store_document(session, after)
     await _emit_webhooks(session, after, change, events, now)
@@ -393,13 +399,22 @@ async def _emit_webhooks(
         )
 
 
-async def notify_workers(session: AsyncSession, payload: str = "") -> None:
-    """Wake waiting workers when this transaction commits (PostgreSQL; SQLite's workers poll)."""
+async def notify_change(session: AsyncSession, case_id: str, *, workers: bool) -> None:
+    """Tell the other processes' live views that ``case_id`` changed (and, with ``workers``, wake the
+    workers too) when this transaction commits: one statement (PostgreSQL; elsewhere views poll).
+
+    The payload names this process (:data:`PROCESS_TAG`), whose own views were told in-process.
+    """
     connection = await session.connection()
-    if connection.dialect.name == "postgresql":
-        await connection.execute(
-            text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload}
-        )
+    if connection.dialect.name != "postgresql":
+        return
+    change = f"{case_id} {PROCESS_TAG}"
+    if workers:
+        statement = "SELECT pg_notify(:cases, :change), pg_notify(:work, :case_id)"
+        values = {"cases": CASE_CHANNEL, "change": change, "work": NOTIFY_CHANNEL, "case_id": case_id}
+    else:
+        statement, values = "SELECT pg_notify(:cases, :change)", {"cases": CASE_CHANNEL, "change": change}
+    await connection.execute(text(statement), values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,8 +515,8 @@ async def insert_case(
         ordering_key=f"case:{case.id}",
         tenant=snapshot.tenant,
     )
-    if lease is None:  # a case created held by a worker is that worker's: nobody else need look
-        await notify_workers(session, case.id)
+    # A case created held by a worker is that worker's: the other workers need not look.
+    await notify_change(session, case.id, workers=lease is None)
     return snapshot
 
 
@@ -521,4 +536,5 @@ async def assign_tenant(db: Database, *, case_id: str, tenant: str, now: datetim
             return False
         await insert_events(session, case_id=case_id, at=now, events=(tenant_assigned(tenant),))
         await store_document(session, await read_in(session, case_id))
+        await notify_change(session, case_id, workers=False)
     return True
