@@ -310,7 +310,7 @@ async def _move_credential(
     if case.credential is not None:  # the case as compared-and-set: it has no credential row otherwise
         row = (await session.exec(select(Credential).where(Credential.case_id == case.id).with_for_update())).first()
     moved, secret = _move(row, credential, case_id=case.id, now=now)
-    if moved:
+    if moved is not None:
         row = moved
         session.add(row)
     return moved is not None, secret, _view(row)

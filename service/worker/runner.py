@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -154,7 +155,10 @@ class Worker:
             self.runtime.background.add(task)
             task.add_done_callback(self.runtime.background.discard)
             return
-        self._inflight[claim.case_id] = asyncio.get_running_loop().create_task(self._run(claim))
+        # A context of its own, as a claimed case has: not the creating request's (its request id,
+        # its principal), which would otherwise label every line the worker logs for the case.
+        task = asyncio.get_running_loop().create_task(self._run(claim), context=contextvars.Context())
+        self._inflight[claim.case_id] = task
 
     async def _sleep_for(self) -> float:
         if self._free() <= 0:

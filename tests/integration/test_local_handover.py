@@ -8,9 +8,13 @@ fails or replays gives the room back.
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
+import pytest
+
 from service.domain.plan import Actions
+from service.logging import configure as configure_logging
 from service.persistence import cases, snapshots
 from service.persistence.db import Database
 from service.persistence.records import Lease
@@ -26,7 +30,10 @@ def _worker(local: object) -> Worker:
     return local
 
 
-async def test_a_case_created_beside_a_free_worker_is_handed_to_it(database_url: str, sandbox: SandboxServer) -> None:
+async def test_a_case_created_beside_a_free_worker_is_handed_to_it(
+    database_url: str, sandbox: SandboxServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("json", "info")  # as `unblock serve` does: JSON lines on stderr
     async with running_stack(database_url, sandbox) as stack:
         worker = _worker(stack.runtime.local_worker)
         case = await stack.open("rob@contoso.com")
@@ -34,6 +41,11 @@ async def test_a_case_created_beside_a_free_worker_is_handed_to_it(database_url:
         assert worker._reserved == 0
         done = await stack.wait_for(case["id"])
         assert done["outcome"] == "unblocked"
+        # The worker's lines about the case are its own, not labelled with the creating request's id.
+        lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+        steps = [line for line in lines if line.get("event") == "step_started"]
+        assert steps
+        assert all(line.get("case_id") == case["id"] and "request_id" not in line for line in steps), steps
 
         again = await stack.client.post("/v1/cases", json={"mailbox": "ann@contoso.com"})
         duplicate = await stack.client.post("/v1/cases", json={"mailbox": "ann@contoso.com"})
