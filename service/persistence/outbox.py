@@ -26,6 +26,8 @@ _LIVE_SUBSCRIPTIONS = select(_SUBSCRIPTIONS.c.id, _SUBSCRIPTIONS.c.events, _SUBS
     _SUBSCRIPTIONS.c.deleted_at.is_(None)
 )
 
+_INSERT_EVENT = insert(_EVENTS).returning(_EVENTS.c.id)
+
 
 def timestamp(value: datetime) -> str:
     """The wire form of a time in webhook payloads (RFC 3339, UTC, ``Z``)."""
@@ -51,15 +53,8 @@ async def emit(
     """
     connection = await session.connection()
     payload = {"type": type, "timestamp": timestamp(at), "data": data}
-    event_id = int(
-        (
-            await connection.execute(
-                insert(_EVENTS)
-                .values(type=type, case_id=case_id, occurred_at=at, payload=payload)
-                .returning(_EVENTS.c.id)
-            )
-        ).scalar_one()
-    )
+    row = {"type": type, "case_id": case_id, "occurred_at": at, "payload": payload}
+    event_id = int((await connection.execute(_INSERT_EVENT, row)).scalar_one())
     subscriptions = (await connection.execute(_LIVE_SUBSCRIPTIONS)).all()
     wanted = [s.id for s in subscriptions if (type in s.events or "*" in s.events) and visible(tenant, s.tenants)]
     if wanted:

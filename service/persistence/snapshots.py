@@ -46,9 +46,15 @@ _GET_CASE = CASE_ROWS.where(CASES.c.id == bindparam("case_id"))
 _GET_CASES = CASE_ROWS.where(CASES.c.id.in_(bindparam("ids", expanding=True)))
 STEPS_OF = sa_select(STEPS).where(STEPS.c.case_id.in_(bindparam("ids", expanding=True)))
 EVENTS = SQLModel.metadata.tables["case_events"]
-_STATE = sa_select(CASES.c.state, CASES.c.outcome).where(CASES.c.id == bindparam("case_id"))
-_EVENTS = sa_select(EVENTS).where(EVENTS.c.case_id == bindparam("case_id")).order_by(EVENTS.c.id)
-_EVENTS_AFTER = _EVENTS.where(EVENTS.c.id > bindparam("after_id"))
+# The case's state and outcome with its events after an id, in one statement (the case's row with
+# no event columns when there is none): one snapshot, so a terminal state comes with every event
+# committed before it.
+_TIMELINE = (
+    sa_select(CASES.c.state.label("case_state"), CASES.c.outcome.label("case_outcome"), *EVENTS.c)
+    .select_from(CASES.outerjoin(EVENTS, (EVENTS.c.case_id == CASES.c.id) & (EVENTS.c.id > bindparam("after_id"))))
+    .where(CASES.c.id == bindparam("case_id"))
+    .order_by(EVENTS.c.id)
+)
 
 
 def step_record(row: Any) -> StepRecord:
@@ -261,18 +267,17 @@ async def list_events(db: Database, *, case_id: str, after_id: int | None = None
 async def timeline_since(
     db: Database, *, case_id: str, after_id: int | None = None
 ) -> tuple[CaseState, CaseOutcome | None, list[EventRecord]]:
-    """The case's state and outcome, then its events after ``after_id``, in one read.
+    """The case's state and outcome, and its events after ``after_id``, in one read.
 
-    The state is read first: if it is terminal, every event up to the terminal change was
-    committed before it, so the events read next include them all (what a live stream needs to
-    know that it may end).
+    One statement sees one snapshot: if the state it returns is terminal, every event up to the
+    terminal change (committed with it or before) is in the same result, which is what a live
+    stream needs to know that it may end.
     """
-    async with db.connect_read() as connection:  # two statements, each seeing what was committed before it
-        state = (await connection.execute(_STATE, {"case_id": case_id})).first()
-        if state is None:
-            raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
-        query = _EVENTS if after_id is None else _EVENTS_AFTER
-        rows = (await connection.execute(query, {"case_id": case_id, "after_id": after_id or 0})).all()
+    async with db.connect_read() as connection:
+        rows = (await connection.execute(_TIMELINE, {"case_id": case_id, "after_id": after_id or 0})).all()
+    if not rows:
+        raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
+    first = rows[0]
     events = [
         EventRecord(
             id=int(r.id),
@@ -286,8 +291,9 @@ async def timeline_since(
             detail=dict(r.detail),
         )
         for r in rows
+        if r.id is not None
     ]
-    return CaseState(state[0]), CaseOutcome(state[1]) if state[1] else None, events
+    return CaseState(first.case_state), CaseOutcome(first.case_outcome) if first.case_outcome else None, events
 
 
 async def count_by_state(db: Database) -> dict[tuple[str | None, CaseState], int]:

@@ -13,8 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -22,6 +21,7 @@ from service.domain.tenant import Restriction
 from service.logging import get_logger
 from service.persistence.db import Database
 from service.persistence.models import RestrictedSender, TenantFacts
+from service.persistence.types import UTCDateTime
 
 log = get_logger(__name__)
 
@@ -140,22 +140,47 @@ def sender_note(
     case_id: str | None,
     tenant: str = DEFAULT_TENANT,
 ) -> Callable[[AsyncSession], Awaitable[None]]:
-    """:func:`note_sender` to run inside another change's transaction (the writer's ``along``), never failing it.
+    """:func:`note_sender` to run inside another change's transaction (the writer's ``along``).
 
-    In a savepoint: if a full listing stored the same address at the same moment (the one
-    conflict possible), only the note is undone; the listing has the address anyway.
+    It cannot fail the change on a conflict: a full listing storing the same address at the same
+    moment (the one conflict possible) meets the note's upsert, and the later write wins.
     """
 
     async def note(session: AsyncSession) -> None:
-        try:
-            async with session.begin_nested():
-                await note_sender_in(
-                    session, address=address, restriction=restriction, now=now, case_id=case_id, tenant=tenant
-                )
-        except IntegrityError:
-            log.info("sender_note_skipped", reason="stored by a full listing at the same moment")
+        await note_sender_in(session, address=address, restriction=restriction, now=now, case_id=case_id, tenant=tenant)
 
     return note
+
+
+# One statement each, not read-then-write: the check, unblock and verify steps write the note in
+# the transaction that records their result, where every round trip delays the case's next command.
+# An address listed again after it was cleared starts a new sighting (first_seen_at, case_id);
+# SET expressions read the row as it was before this statement.
+_NOTE_LISTED = text(
+    """
+    INSERT INTO restricted_senders
+        (address, tenant, reason, blocked_at, changed_at, temporary_block, first_seen_at, last_seen_at, case_id)
+    VALUES (:address, :tenant, :reason, :blocked_at, :changed_at, :temporary_block, :now, :now, :case_id)
+    ON CONFLICT (address) DO UPDATE SET
+        reason = excluded.reason,
+        blocked_at = excluded.blocked_at,
+        changed_at = excluded.changed_at,
+        temporary_block = excluded.temporary_block,
+        last_seen_at = excluded.last_seen_at,
+        first_seen_at = CASE WHEN restricted_senders.cleared_at IS NULL
+                             THEN restricted_senders.first_seen_at ELSE excluded.first_seen_at END,
+        case_id = CASE WHEN restricted_senders.cleared_at IS NULL
+                       THEN restricted_senders.case_id ELSE excluded.case_id END,
+        cleared_at = NULL
+    """
+).bindparams(
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("blocked_at", type_=UTCDateTime()),
+    bindparam("changed_at", type_=UTCDateTime()),
+)
+_NOTE_CLEARED = text(
+    "UPDATE restricted_senders SET cleared_at = :now WHERE address = :address AND cleared_at IS NULL"
+).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 async def note_sender_in(
@@ -168,21 +193,24 @@ async def note_sender_in(
     tenant: str = DEFAULT_TENANT,
 ) -> None:
     """:func:`note_sender` inside the caller's transaction (the worker's, recording the step)."""
+    connection = await session.connection()
     key = address.lower()
-    row = await session.get(RestrictedSender, key)
     if restriction is None:
-        if row is not None and row.cleared_at is None:
-            row.cleared_at = now
-            session.add(row)
+        await connection.execute(_NOTE_CLEARED, {"address": key, "now": now})
         return
-    if row is None:
-        row = RestrictedSender(address=key, tenant=tenant, first_seen_at=now, last_seen_at=now, case_id=case_id)
-    elif row.cleared_at is not None:
-        row.first_seen_at = now
-        row.case_id = case_id
-    apply_restriction(row, restriction, now)
-    session.add(row)
-    await session.flush()
+    await connection.execute(
+        _NOTE_LISTED,
+        {
+            "address": key,
+            "tenant": tenant,
+            "reason": restriction.reason[:2000],
+            "blocked_at": restriction.blocked_at,
+            "changed_at": restriction.changed_at,
+            "temporary_block": restriction.temporary_block,
+            "now": now,
+            "case_id": case_id,
+        },
+    )
 
 
 async def senders(db: Database, *, tenant: str = DEFAULT_TENANT) -> tuple[list[SenderRow], datetime | None]:

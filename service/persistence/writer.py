@@ -15,14 +15,15 @@ then give up loudly with :class:`~service.errors.ConcurrentUpdate`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, text
 from sqlalchemy import insert as sa_insert
-from sqlalchemy import text
 from sqlalchemy import update as sa_update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -210,8 +211,41 @@ async def store_document(session: AsyncSession, case: CaseSnapshot) -> None:
     Every write of a case passes here (or through insert_case / assign_tenant, which call it), so
     the stored document is never older than the rows it is rendered from; reads serve it as is.
     """
-    await session.exec(
-        sa_update(CASES).where(CASES.c.id == case.id).values(document=render_document(case_document(case)))
+    connection = await session.connection()
+    await connection.execute(_STORE_DOCUMENT, {"w_id": case.id, "v_document": render_document(case_document(case))})
+
+
+# The statements of a step boundary are built once per shape (which columns a change sets) and
+# reused: building and cache-keying a Core statement cost more CPU than PostgreSQL spends running
+# it, and the worker runs them between two of a case's commands.
+_STORE_DOCUMENT = (
+    sa_update(CASES)
+    .where(CASES.c.id == bindparam("w_id"))
+    .values(document=bindparam("v_document", type_=CASES.c.document.type))
+)
+
+
+@functools.cache
+def _cas_statement(columns: tuple[str, ...], leased: bool) -> Any:
+    """UPDATE cases SET ``columns`` WHERE id, version (and lease owner) match, RETURNING the row."""
+    c = CASES.c
+    statement = sa_update(CASES).where(c.id == bindparam("w_id"), c.version == bindparam("w_version"))
+    if leased:
+        statement = statement.where(c.lease_owner == bindparam("w_owner"))
+    values = {name: bindparam(f"v_{name}", type_=c[name].type) for name in columns}
+    return statement.values(values).returning(*CASE_COLUMNS)
+
+
+@functools.cache
+def _step_statement(columns: tuple[str, ...]) -> Any:
+    """UPDATE case_steps SET ``columns`` for one step of one case, RETURNING the row."""
+    s = STEPS.c
+    values = {name: bindparam(f"v_{name}", type_=s[name].type) for name in columns}
+    return (
+        sa_update(STEPS)
+        .where(s.case_id == bindparam("w_case_id"), s.name == bindparam("w_name"))
+        .values(values)
+        .returning(*STEPS.c)
     )
 
 
@@ -252,12 +286,14 @@ async def _cas(
     """
     # Core, not an ORM bulk update: no identity-map synchronisation to pay for (snapshots are
     # read back as rows, so no ORM Case objects are kept in the session).
-    c = CASES.c
-    statement = sa_update(CASES).where(c.id == case.id, c.version == case.version)
+    values = {**values, "version": case.version + 1}
+    statement = _cas_statement(tuple(values), lease_owner is not None)
+    params = {f"v_{name}": value for name, value in values.items()}
+    params.update(w_id=case.id, w_version=case.version)
     if lease_owner is not None:
-        statement = statement.where(c.lease_owner == lease_owner)
+        params["w_owner"] = lease_owner
     connection = await session.connection()
-    result = await connection.execute(statement.values(**values, version=case.version + 1).returning(*CASE_COLUMNS))
+    result = await connection.execute(statement, params)
     return result.first()
 
 
@@ -286,13 +322,10 @@ async def _set_steps(
     connection = await session.connection()
     steps = {step.name: step for step in case.steps}
     for write in writes:
-        result = await connection.execute(
-            sa_update(STEPS)
-            .where(STEPS.c.case_id == case.id, STEPS.c.name == write.name.value)
-            .values(**_step_values(write, now))
-            .returning(*STEPS.c)
-        )
-        row = result.first()
+        values = _step_values(write, now)
+        params = {f"v_{name}": value for name, value in values.items()}
+        params.update(w_case_id=case.id, w_name=write.name.value)
+        row = (await connection.execute(_step_statement(tuple(values)), params)).first()
         if row is None:  # every case has every step of its plan from the start
             raise AssertionError(f"case {case.id} has no step {write.name.value}")
         steps[write.name] = step_record(row)
@@ -374,10 +407,21 @@ async def insert_events(session: AsyncSession, *, case_id: str, at: datetime, ev
         }
         for event in events
     ]
-    if rows:
-        # Core, one statement (psycopg sends several rows as one batch): no ORM unit of work to run.
-        connection = await session.connection()
-        await connection.execute(sa_insert(EVENTS), rows)
+    if not rows:
+        return
+    # Core, one statement: no ORM unit of work to run. Several rows go as one INSERT ... VALUES
+    # (SQLAlchemy's "insertmanyvalues", which it uses for an executemany with RETURNING), in the
+    # order given, so their ids keep the timeline's order; a plain executemany would send each row
+    # as a statement of its own.
+    connection = await session.connection()
+    if len(rows) == 1:
+        await connection.execute(_INSERT_EVENT, rows[0])
+    else:
+        await connection.execute(_INSERT_EVENTS, rows)
+
+
+_INSERT_EVENT = sa_insert(EVENTS)
+_INSERT_EVENTS = sa_insert(EVENTS).returning(EVENTS.c.id)
 
 
 async def _emit_webhooks(
@@ -410,11 +454,14 @@ async def notify_change(session: AsyncSession, case_id: str, *, workers: bool) -
         return
     change = f"{case_id} {PROCESS_TAG}"
     if workers:
-        statement = "SELECT pg_notify(:cases, :change), pg_notify(:work, :case_id)"
         values = {"cases": CASE_CHANNEL, "change": change, "work": NOTIFY_CHANNEL, "case_id": case_id}
+        await connection.execute(_NOTIFY_BOTH, values)
     else:
-        statement, values = "SELECT pg_notify(:cases, :change)", {"cases": CASE_CHANNEL, "change": change}
-    await connection.execute(text(statement), values)
+        await connection.execute(_NOTIFY_VIEWS, {"cases": CASE_CHANNEL, "change": change})
+
+
+_NOTIFY_BOTH = text("SELECT pg_notify(:cases, :change), pg_notify(:work, :case_id)")
+_NOTIFY_VIEWS = text("SELECT pg_notify(:cases, :change)")
 
 
 @dataclass(frozen=True, slots=True)
