@@ -71,6 +71,18 @@ def _write_error(run: CommandRun, spec: ErrorSpec, cmdlet: str) -> None:
     )
 
 
+def _start(run: CommandRun) -> None:
+    """Mark the pipeline Running without telling the client.
+
+    PowerShell's server sends a pipeline's state only when it ends (Completed, Failed, Stopped:
+    ServerPowerShellDriver.HandlePowerShellInvocationStateChanged in PowerShell/PowerShell), and
+    psrpcore's ``start()`` would send Running too: one more answer, so one more Receive round trip
+    per command, than a client of Exchange Online pays.
+    """
+    # psrpcore 0.3.1 has no public way to change a pipeline's state without a message.
+    run.pipeline._change_state(PSInvocationState.Running, emit=False)
+
+
 def _fail(run: CommandRun, spec: ErrorSpec, cmdlet: str) -> None:
     # psrpcore 0.3.1 has no public way to fail a pipeline with an error record.
     run.pipeline._change_state(PSInvocationState.Failed, error_record(spec, cmdlet))
@@ -223,7 +235,7 @@ async def run_pipeline(shell: Shell, run: CommandRun, metadata: Any) -> None:
         arrived = Arrival(arrived.monotonic + waited, arrived.at + timedelta(seconds=waited))
     current = ""
     try:
-        run.pipeline.start()
+        _start(run)
         shell.flush()
         for statement in _statements(metadata):
             piped: list[Any] = list(run.inputs)
@@ -261,7 +273,7 @@ async def answer_metadata(shell: Shell, run: CommandRun, request: Any) -> None:
     """A GET_COMMAND_METADATA pipeline: it runs in a runspace of the pool like any other pipeline."""
     runspace = await shell.acquire()
     try:
-        run.pipeline.start()
+        _start(run)
         found = command_metadata.matching(
             command_metadata.available(runspace, jea=shell.jea, hidden=cmdlets.hidden_in(runspace, jea=shell.jea)),
             request.name,
