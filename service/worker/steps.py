@@ -122,6 +122,8 @@ async def _disable_inbox_rules(case: CaseSnapshot, gateway: TenantGateway, conte
         rules = await gateway.list_inbox_rules(case.mailbox)
         findings = with_actions((judge_rule(r, context.domains) for r in rules), _containment(case))
     targets = [f for f in findings if f.kind is FindingKind.inbox_rule and f.action is FindingAction.disable]
+    if not targets:  # nothing to disable, so nothing to read back: two commands fewer at the tenant
+        return StepOutcome(Succeeded(findings=tuple(findings)), {"disabled": []})
     for finding in targets:
         await gateway.disable_inbox_rule(case.mailbox, finding.key)
     enabled = {r.identity for r in await gateway.list_inbox_rules(case.mailbox) if r.enabled}

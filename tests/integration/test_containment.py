@@ -103,6 +103,9 @@ async def test_a_clean_account_has_nothing_suspicious(database_url: str, sandbox
         assert case["findings"] is not None
         assert not [f for f in case["findings"] if f["suspicious"]]
         assert stack.calls("Disable-InboxRule") == []
+        # The investigation read the rules (with and without -IncludeHidden); nothing to disable is
+        # nothing to read back, so no other Get-InboxRule reaches the tenant.
+        assert len(stack.calls("Get-InboxRule")) == 2
 
 
 async def test_report_records_and_changes_nothing_at_the_mailbox(database_url: str, sandbox: SandboxServer) -> None:
