@@ -42,6 +42,7 @@ CASE_ROWS = sa_select(*CASE_COLUMNS, *_CREDENTIAL_COLUMNS).select_from(
     CASES.outerjoin(CREDENTIALS, CREDENTIALS.c.case_id == CASES.c.id)
 )
 _DOCUMENT = sa_select(CASES.c.tenant, CASES.c.document).where(CASES.c.id == bindparam("case_id"))
+_TENANT = sa_select(CASES.c.tenant).where(CASES.c.id == bindparam("case_id"))
 _GET_CASE = CASE_ROWS.where(CASES.c.id == bindparam("case_id"))
 _GET_CASES = CASE_ROWS.where(CASES.c.id.in_(bindparam("ids", expanding=True)))
 STEPS_OF = sa_select(STEPS).where(STEPS.c.case_id.in_(bindparam("ids", expanding=True)))
@@ -223,6 +224,15 @@ async def list_cases(db: Database, **filters: Unpack[CaseFilters]) -> tuple[list
     snapshots = snapshots[:limit]
     next_cursor = _encode_cursor(snapshots[-1].created_at, snapshots[-1].id) if more and snapshots else None
     return snapshots, next_cursor
+
+
+async def tenant_of(db: Database, *, case_id: str) -> str | None:
+    """The case's tenant (None: not placed yet); CaseNotFound if there is no such case. One indexed read."""
+    async with db.connect_read() as connection:
+        row = (await connection.execute(_TENANT, {"case_id": case_id})).first()
+    if row is None:
+        raise CaseNotFound(f"no case has id {case_id}", case_id=case_id)
+    return str(row.tenant) if row.tenant is not None else None
 
 
 async def get_document(db: Database, *, case_id: str) -> tuple[str | None, bytes]:

@@ -24,8 +24,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.domain.audit import AuditSigner
@@ -53,6 +53,7 @@ from service.persistence.records import CaseSnapshot, Lease, StepRecord, case_do
 from service.persistence.snapshots import (
     CASE_COLUMNS,
     CASES,
+    CREDENTIALS,
     EVENTS,
     STEPS,
     open_case_in,
@@ -339,14 +340,34 @@ async def _move_credential(
     and the credential as it now is."""
     if credential is None:
         return False, None, case.credential
+    connection = await session.connection()
     row = None
     if case.credential is not None:  # the case as compared-and-set: it has no credential row otherwise
-        row = (await session.exec(select(Credential).where(Credential.case_id == case.id).with_for_update())).first()
+        found = (await connection.execute(_CREDENTIAL_FOR_UPDATE, {"case_id": case.id})).first()
+        # A detached model as the row's values: _move decides on it, Core writes it (no unit of work).
+        row = Credential(**found._mapping) if found is not None else None
+    existed = row is not None
     moved, secret = _move(row, credential, case_id=case.id, now=now)
     if moved is not None:
         row = moved
-        session.add(row)
+        values = {name: getattr(row, name) for name in _CREDENTIAL_FIELDS}
+        if existed:
+            params = {f"v_{name}": value for name, value in values.items()}
+            await connection.execute(_UPDATE_CREDENTIAL, {"w_case_id": case.id, **params})
+        else:
+            await connection.execute(_INSERT_CREDENTIAL, {"case_id": case.id, **values})
     return moved is not None, secret, _view(row)
+
+
+_CREDENTIAL_FOR_UPDATE = sa_select(CREDENTIALS).where(CREDENTIALS.c.case_id == bindparam("case_id")).with_for_update()
+#: Every column of a credential but its key, as a move leaves them.
+_CREDENTIAL_FIELDS = tuple(c.name for c in CREDENTIALS.c if c.name != "case_id")
+_INSERT_CREDENTIAL = sa_insert(CREDENTIALS)
+_UPDATE_CREDENTIAL = (
+    sa_update(CREDENTIALS)
+    .where(CREDENTIALS.c.case_id == bindparam("w_case_id"))
+    .values({name: bindparam(f"v_{name}", type_=CREDENTIALS.c[name].type) for name in _CREDENTIAL_FIELDS})
+)
 
 
 def _move(
@@ -422,6 +443,7 @@ async def insert_events(session: AsyncSession, *, case_id: str, at: datetime, ev
 
 _INSERT_EVENT = sa_insert(EVENTS)
 _INSERT_EVENTS = sa_insert(EVENTS).returning(EVENTS.c.id)
+_INSERT_STEPS = sa_insert(STEPS).returning(STEPS.c.name)
 
 
 async def _emit_webhooks(
@@ -530,7 +552,7 @@ async def insert_case(
         for i, step in enumerate(plan)
     ]
     await connection.execute(
-        sa_insert(STEPS),
+        _INSERT_STEPS,  # one INSERT for every step (insertmanyvalues), not a statement per step
         [
             {
                 "case_id": case.id,
