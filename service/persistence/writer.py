@@ -132,8 +132,17 @@ async def change_case(
             change = build(case)
             if change is None:
                 return None
+            # With ``then``, both changes' timeline rows go in one INSERT at the end, in order.
+            timeline: list[TimelineEvent] | None = [] if then is not None else None
             written = await write_change(
-                session, case, change, now=now, signer=signer, lease_owner=lease_owner, store=then is None
+                session,
+                case,
+                change,
+                now=now,
+                signer=signer,
+                lease_owner=lease_owner,
+                store=then is None,
+                timeline=timeline,
             )
             if written is None:
                 continue
@@ -146,12 +155,13 @@ async def change_case(
             followed = None
             if follow is not None:
                 followed = await write_change(
-                    session, written.case, follow, now=now, signer=signer, lease_owner=lease_owner
+                    session, written.case, follow, now=now, signer=signer, lease_owner=lease_owner, timeline=timeline
                 )
                 if followed is None:  # cannot happen while the first change holds the row; never half-write
                     raise AssertionError(f"case {case_id} changed inside the transaction that changed it")
             else:
                 await store_document(session, written.case)
+            await insert_events(session, case_id=case_id, at=now, events=timeline or ())
             await notify_change(session, case_id, workers=change.notify or (follow is not None and follow.notify))
             return Written(written.case, written.change, written.secret, then=followed)
     log.error("case_kept_changing", case_id=case_id, attempts=CAS_ATTEMPTS)
@@ -167,11 +177,14 @@ async def write_change(
     signer: AuditSigner | None,
     lease_owner: str | None,
     store: bool = True,
+    timeline: list[TimelineEvent] | None = None,
 ) -> Written | None:
     """Write ``change`` to ``case`` in the caller's transaction; None if the compare-and-set lost.
 
     ``store``: keep the case's document with this version (False only when the caller writes
-    another change in the same transaction and stores the document after that). Other processes
+    another change in the same transaction and stores the document after that). ``timeline``:
+    the change's timeline events are added to it, for the caller to insert with another change's
+    (:func:`insert_events`, before the transaction ends), instead of inserted here. Other processes
     are told of the change by the caller, once per transaction (:func:`notify_change`).
     """
     if change.before in TERMINAL_STATES and change.after not in TERMINAL_STATES:
@@ -187,7 +200,10 @@ async def write_change(
     # The case as written, from what the statements returned: no read back.
     after = snapshot_from(row, steps, credential)
     events = change.events if moved else tuple(e for e in change.events if e.type not in _CREDENTIAL_EVENTS)
-    await insert_events(session, case_id=case.id, at=now, events=events)
+    if timeline is not None:
+        timeline.extend(events)
+    else:
+        await insert_events(session, case_id=case.id, at=now, events=events)
     if change.audit is not None:
         if signer is None:
             raise AssertionError("a change with an audit note needs the audit signer")
