@@ -63,7 +63,10 @@ class Connections:
         connection = await self.idle.get()
         try:
             cursor = await connection.execute(
-                "SELECT document FROM cases WHERE state = %s ORDER BY created_at DESC, id DESC LIMIT %s",
+                # the service's page for a terminal state (service.persistence.snapshots._page): the
+                # state, and that the case is closed, so both read ix_cases_closed_created
+                "SELECT document FROM cases WHERE state = %s AND NOT is_open"
+                " ORDER BY created_at DESC, id DESC LIMIT %s",
                 (state, limit + 1),
             )
             rows = await cursor.fetchall()

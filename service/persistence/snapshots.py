@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import bindparam, func, tuple_
+from sqlalchemy import bindparam, func, not_, tuple_
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel, col, select
@@ -26,7 +26,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from service.domain.credential import CredentialView
 from service.domain.findings import Finding
-from service.domain.states import CaseOutcome, CaseState, StepName, StepStatus
+from service.domain.states import TERMINAL_STATES, CaseOutcome, CaseState, StepName, StepStatus
 from service.errors import CaseNotFound, InvalidInput
 from service.persistence.db import Database
 from service.persistence.models import Case
@@ -203,11 +203,17 @@ def _page(base: str, filters: CaseFilters) -> tuple[Any, dict[str, Any]]:
         params["f_mailbox"] = mailbox.lower()
     if (ticket_ref := filters.get("ticket_ref")) is not None:
         params["f_ticket_ref"] = ticket_ref
-    if (is_open := filters.get("is_open")) is not None:
-        params["f_is_open"] = is_open
+    is_open = filters.get("is_open")
+    if is_open is None and state in TERMINAL_STATES:
+        # Implied, and said so that the page reads ix_cases_closed_created: a terminal state's cases
+        # are closed, and the open ones (the newest) are not walked past first.
+        is_open = False
     if cursor := filters.get("cursor"):
         params["f_created_at"], params["f_case_id"] = _decode_cursor(cursor)
-    return _page_statement(base, frozenset(params)), params
+    # open/closed are written into the statement, not bound: only a literal lets the planner match
+    # the partial indexes' predicates.
+    flags = () if is_open is None else ("open",) if is_open else ("closed",)
+    return _page_statement(base, frozenset((*params, *flags))), params
 
 
 #: What a page selects: the stored documents (the API's list) or the rows of full snapshots.
@@ -233,8 +239,10 @@ def _page_statement(base: str, shape: frozenset[str]) -> Any:
         query = query.where(c.mailbox == bindparam("f_mailbox"))
     if "f_ticket_ref" in shape:
         query = query.where(c.ticket_ref == bindparam("f_ticket_ref"))
-    if "f_is_open" in shape:
-        query = query.where(c.is_open == bindparam("f_is_open"))
+    if "open" in shape:
+        query = query.where(c.is_open)
+    if "closed" in shape:
+        query = query.where(not_(c.is_open))
     if "f_created_at" in shape:
         after = tuple_(bindparam("f_created_at", type_=c.created_at.type), bindparam("f_case_id", type_=c.id.type))
         query = query.where(tuple_(c.created_at, c.id) < after)

@@ -297,6 +297,11 @@ async def test_list_filters_and_pages(stack: Stack) -> None:
     by_ticket = (await stack.client.get("/v1/cases", params={"ticket_ref": "T-ann"})).json()["items"]
     assert [c["id"] for c in by_ticket] == [ids[0]]
     assert (await stack.client.get("/v1/cases", params={"open": "true"})).json()["items"] == []
+    closed = (await stack.client.get("/v1/cases", params={"open": "false"})).json()["items"]
+    assert [c["id"] for c in closed] == [ids[2], ids[1], ids[0]]
+    resolved = (await stack.client.get("/v1/cases", params={"state": "resolved", "open": "false"})).json()["items"]
+    assert {c["mailbox"] for c in resolved} == {"ann@contoso.com", "ben@contoso.com"}
+    assert (await stack.client.get("/v1/cases", params={"state": "resolved", "open": "true"})).json()["items"] == []
     bad = await stack.client.get("/v1/cases", params={"state": "sleeping"})
     assert bad.status_code == 422
     assert (await stack.client.get("/v1/cases", params={"cursor": "garbage!"})).status_code == 422
