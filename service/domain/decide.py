@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from service.domain.audit import Actor
-from service.domain.findings import Finding, needs_review
+from service.domain.findings import CONTAINMENT_WORK, Finding, needs_review, to_contain
 from service.domain.plan import resume_step_after
 from service.domain.retry import RetryPolicy, next_attempt_at
 from service.domain.states import (
@@ -284,11 +284,30 @@ _DONE_SUMMARY: dict[CaseState, str] = {
 
 
 def _after_preparing(case: CaseView, step: StepName, result: Succeeded, now: datetime) -> Decision:
-    """A step before the check is done: run the next one, moving the case on when its state differs."""
-    done = (StepChange(step, StepStatus.succeeded),)
+    """A step before the check is done: run the next one, moving the case on when its state differs.
+
+    A containment step the findings leave nothing to do (no suspicious rule to disable, no external
+    forwarding to clear) is skipped here, in the same decision: it would send no command, and
+    running it would cost the case a write of its own for a step that does nothing.
+    """
     names = [s.name for s in case.steps]
     later = [case.step(n) for n in names[names.index(step) + 1 :]]
-    following = next((s.name for s in later if s.status not in DONE_STATUSES), StepName.check_restriction)
+    idle = (
+        set()
+        if result.findings is None
+        else {
+            s.name
+            for s in later
+            if s.name in CONTAINMENT_WORK and s.status is StepStatus.pending and not to_contain(s.name, result.findings)
+        }
+    )
+    done = (
+        StepChange(step, StepStatus.succeeded),
+        *(StepChange(s.name, StepStatus.skipped) for s in later if s.name in idle),
+    )
+    following = next(
+        (s.name for s in later if s.status not in DONE_STATUSES and s.name not in idle), StepName.check_restriction
+    )
     target = STEP_STATE[following]
     if target is case.state:
         return _stay(case, done, now, f"{step.value} done", findings=result.findings)

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from service.domain.states import StepName
 from service.domain.tenant import (
     AuthMethod,
     Forwarding,
@@ -354,3 +355,16 @@ def merged(existing: Iterable[Finding], updated: Iterable[Finding]) -> tuple[Fin
     fresh = {(f.kind, f.key): f for f in updated}
     out = [fresh.pop((f.kind, f.key), f) for f in existing]
     return (*out, *fresh.values())
+
+
+#: The containment steps, each with the kind of finding it acts on and what it does to it.
+CONTAINMENT_WORK: dict[StepName, tuple[FindingKind, FindingAction]] = {
+    StepName.disable_inbox_rules: (FindingKind.inbox_rule, FindingAction.disable),
+    StepName.remove_forwarding: (FindingKind.forwarding, FindingAction.clear),
+}
+
+
+def to_contain(step: StepName, findings: Iterable[Finding]) -> list[Finding]:
+    """What the containment ``step`` is to act on among ``findings`` (none: the step has nothing to do)."""
+    kind, action = CONTAINMENT_WORK[step]
+    return [f for f in findings if f.kind is kind and f.action is action]

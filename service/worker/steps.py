@@ -20,7 +20,6 @@ from service.domain.findings import (
     ContainmentPlan,
     Finding,
     FindingAction,
-    FindingKind,
     judge_auth_method,
     judge_forwarding,
     judge_grant,
@@ -29,6 +28,7 @@ from service.domain.findings import (
     judge_send_as,
     merged,
     needs_review,
+    to_contain,
     with_actions,
 )
 from service.domain.plan import Actions
@@ -121,7 +121,7 @@ async def _disable_inbox_rules(case: CaseSnapshot, gateway: TenantGateway, conte
     if case.findings is None:  # no investigation on this case: judge the rules here
         rules = await gateway.list_inbox_rules(case.mailbox)
         findings = with_actions((judge_rule(r, context.domains) for r in rules), _containment(case))
-    targets = [f for f in findings if f.kind is FindingKind.inbox_rule and f.action is FindingAction.disable]
+    targets = to_contain(StepName.disable_inbox_rules, findings)
     if not targets:  # nothing to disable, so nothing to read back: two commands fewer at the tenant
         return StepOutcome(Succeeded(findings=tuple(findings)), {"disabled": []})
     for finding in targets:
@@ -142,7 +142,7 @@ async def _remove_forwarding(case: CaseSnapshot, gateway: TenantGateway, context
     if case.findings is None:
         judged = judge_forwarding(await gateway.get_forwarding(case.mailbox), context.domains)
         findings = with_actions([judged] if judged else [], _containment(case))
-    target = next((f for f in findings if f.kind is FindingKind.forwarding and f.action is FindingAction.clear), None)
+    target = next(iter(to_contain(StepName.remove_forwarding, findings)), None)
     if target is None:
         return StepOutcome(Succeeded(findings=findings), {"cleared": False})
     await gateway.clear_forwarding(case.mailbox)

@@ -236,11 +236,26 @@ def test_the_preparing_steps_walk_through_the_new_states() -> None:
         CaseState.containing,
         found,
     )
+    # a rule to disable, and no forwarding to clear: that step is skipped with the investigation's result
+    assert [(c.name, c.status) for c in investigated.steps] == [
+        (StepName.investigate, StepStatus.succeeded),
+        (StepName.remove_forwarding, StepStatus.skipped),
+    ]
     contained = _case(CaseState.containing, reset_password=done, revoke_sessions=done, investigate=done)
     first = d.decide(
         contained, StepName.disable_inbox_rules, Succeeded(findings=found), NOW, policy=POLICY, timing=TIMING
     )
-    assert (first.action, first.state) == (None, CaseState.containing)
+    assert (first.action, first.state) == (Action.check, CaseState.checking_restriction)
+    forwarding = (Finding(FindingKind.forwarding, "fwd", "out", suspicious=True, action=FindingAction.clear),)
+    first = d.decide(
+        contained,
+        StepName.disable_inbox_rules,
+        Succeeded(findings=found + forwarding),
+        NOW,
+        policy=POLICY,
+        timing=TIMING,
+    )
+    assert (first.action, first.state, len(first.steps)) == (None, CaseState.containing, 1)
     last = d.decide(
         _case(
             CaseState.containing, reset_password=done, revoke_sessions=done, investigate=done, disable_inbox_rules=done
@@ -255,6 +270,28 @@ def test_the_preparing_steps_walk_through_the_new_states() -> None:
     assert d.begin(_case(CaseState.received), StepName.investigate) is Action.investigate
     assert d.begin(_case(CaseState.securing_account), StepName.disable_inbox_rules) is Action.contain
     assert apply(Action.contain, CaseState.investigating) is CaseState.containing
+
+
+def test_containment_with_nothing_to_do_is_skipped_with_the_investigation() -> None:
+    """Nothing to disable or clear: both containment steps are skipped in the investigation's own decision,
+    and the case goes straight to the check (no write, no step of their own)."""
+    done = StepStatus.succeeded
+    harmless = (Finding(FindingKind.inbox_rule, "r\\1", "tidy", suspicious=False, action=FindingAction.none),)
+    for findings in ((), harmless):
+        investigated = d.decide(
+            _case(CaseState.investigating, reset_password=done, revoke_sessions=done),
+            StepName.investigate,
+            Succeeded(findings=findings),
+            NOW,
+            policy=POLICY,
+            timing=TIMING,
+        )
+        assert (investigated.action, investigated.state) == (Action.check, CaseState.checking_restriction)
+        assert [(c.name, c.status) for c in investigated.steps] == [
+            (StepName.investigate, StepStatus.succeeded),
+            (StepName.disable_inbox_rules, StepStatus.skipped),
+            (StepName.remove_forwarding, StepStatus.skipped),
+        ]
 
 
 def test_findings_a_person_must_judge_stop_a_restricted_case_for_approval() -> None:
