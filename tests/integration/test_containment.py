@@ -106,6 +106,37 @@ async def test_a_clean_account_has_nothing_suspicious(database_url: str, sandbox
         # The investigation read the rules (with and without -IncludeHidden); nothing to disable is
         # nothing to read back, so no other Get-InboxRule reaches the tenant.
         assert len(stack.calls("Get-InboxRule")) == 2
+        steps = {s["name"]: s["status"] for s in case["steps"]}
+        assert (steps["disable_inbox_rules"], steps["remove_forwarding"]) == ("skipped", "skipped")
+
+
+#: The investigation's reads (the consents' Get-MgUser included), each this slow at the tenant.
+_READS = (
+    "Get-InboxRule",
+    "Get-Mailbox",
+    "Get-MailboxPermission",
+    "Get-RecipientPermission",
+    "Get-MgUserAuthenticationMethod",
+    "Get-MgUser",
+    "Get-MgOauth2PermissionGrant",
+)
+_READ_MS = 300
+
+
+async def test_the_investigation_reads_in_two_rounds_on_a_pool_of_four(
+    database_url: str, sandbox: SandboxServer
+) -> None:
+    """Eight reads, four runspaces: the two reads that wait for another one (the consents for the
+    user's id, the hidden rules for the visible ones) queue first, so the reads take two rounds at
+    the tenant, not three."""
+    sandbox.tenant.configure({"latency_ms": dict.fromkeys(_READS, _READ_MS)})
+    async with running_stack(database_url, sandbox, ps_pool_size=4) as stack:
+        case = await stack.wait_for((await stack.open("laura@contoso.com"))["id"])
+        assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
+        starts = sorted(datetime.fromisoformat(c["at"]) for c in stack.calls() if c["cmdlet"] in _READS)
+        assert len(starts) == 8
+        took = (starts[-1] - starts[0]).total_seconds() * 1000 + _READ_MS
+        assert took < 2.5 * _READ_MS, f"the reads took {took:.0f} ms"
 
 
 async def test_report_records_and_changes_nothing_at_the_mailbox(database_url: str, sandbox: SandboxServer) -> None:
