@@ -121,10 +121,17 @@ def _is_disconnect(error: DBAPIError) -> bool:
 
 
 def _connect_args(timeouts: Timeouts) -> dict[str, Any]:
-    args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(timeouts.connect))}  # libpq: whole seconds, >= 2
+    # bytea_output=escape: the stored case documents are JSON, nearly all printable ASCII, which the
+    # escape form sends as is; the default hex form sends every byte as two. A list page of 50
+    # documents is half the bytes to read and costs psycopg about 30% less CPU; the bytes read back
+    # are the same (libpq decodes either form).
+    settings = ["bytea_output=escape"]
     if timeouts.statement is not None:
-        args["options"] = f"-c statement_timeout={math.ceil(timeouts.statement * 1000)}"
-    return args
+        settings.append(f"statement_timeout={math.ceil(timeouts.statement * 1000)}")
+    return {
+        "connect_timeout": max(2, math.ceil(timeouts.connect)),  # libpq: whole seconds, >= 2
+        "options": " ".join(f"-c {setting}" for setting in settings),
+    }
 
 
 class Database:
