@@ -198,6 +198,26 @@ def next_step(case: CaseView) -> StepName | None:
     return None
 
 
+#: Steps that only read the tenant: sending one again changes nothing there, so the worker may send
+#: it before the write that starts it commits (:func:`due_after`), and drop the answer if that write
+#: does not start it after all.
+READ_STEPS: frozenset[StepName] = frozenset({StepName.investigate, StepName.check_restriction, StepName.verify})
+
+
+def due_after(case: CaseView, decision: Decision, now: datetime) -> StepName | None:
+    """The step ``decision`` makes due at once on ``case``: what the worker starts next in the
+    transaction that writes the decision, or None when the case waits, ends or stops for a person.
+
+    The writer sets the case's state and the step statuses the decision names, so this is
+    :func:`next_step` on the case as that write leaves it, known before the write is sent.
+    """
+    if decision.next_action_at is None or decision.next_action_at > now:
+        return None
+    status = {change.name: change.status for change in decision.steps}
+    steps = tuple(replace(s, status=status.get(s.name, s.status)) for s in case.steps)
+    return next_step(replace(case, state=decision.state, steps=steps))
+
+
 #: How a case enters the state a preparing step (or the check) runs in.
 _ENTER: dict[CaseState, Action] = {
     CaseState.securing_account: Action.secure,

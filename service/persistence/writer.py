@@ -96,6 +96,7 @@ class Written:
 
 Build = Callable[[CaseSnapshot], CaseChange | None]
 Along = Callable[[AsyncSession], Awaitable[None]]
+Decided = Callable[[CaseSnapshot, CaseChange], None]
 
 
 async def change_case(
@@ -109,6 +110,7 @@ async def change_case(
     known: CaseSnapshot | None = None,
     then: Build | None = None,
     along: Along | None = None,
+    decided: Decided | None = None,
 ) -> Written | None:
     """Decide (``build``) on the case and write the change, under the one compare-and-set policy.
 
@@ -125,6 +127,11 @@ async def change_case(
     ``along`` writes what else belongs with the change (not the case's own rows: the worker's
     note of what a step saw of the restricted list) in the same transaction, once the change is
     written; it must not fail the change.
+
+    ``decided`` is told each change ``build`` returns (with the case it was decided on) before
+    any of it is written, so the caller can start what does not wait for the commit: the worker
+    sends a read the change makes due (see :func:`service.domain.decide.due_after`). It may be
+    told again, of another change, when the compare-and-set loses; it must not fail.
     """
     for attempt in range(CAS_ATTEMPTS):
         async with db.write() as session:
@@ -132,6 +139,8 @@ async def change_case(
             change = build(case)
             if change is None:
                 return None
+            if decided is not None:
+                decided(case, change)
             # With ``then``, both changes' timeline rows go in one INSERT at the end, in order.
             timeline: list[TimelineEvent] | None = [] if then is not None else None
             written = await write_change(

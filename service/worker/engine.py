@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from service import metrics
 from service.domain import decide as rules
@@ -45,6 +46,39 @@ DOMAIN_CACHE_SECONDS = 60.0
 DB_RETRY_MAX = 2.0
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAhead:
+    """A read step sent while the write that starts it was being made (see :meth:`Engine._record`).
+
+    Its answer is used only if that write did start this step, at this attempt, on this case;
+    otherwise it is dropped (never cancelled: a cancelled command gives up its runspace).
+    """
+
+    case_id: str
+    step: StepName
+    attempt: int
+    began: float  # the event loop's clock when it was sent
+    task: asyncio.Task[StepOutcome]
+
+    def drop(self) -> None:
+        """Let it finish unheard: its answer (or failure) is read only so nothing reports it as lost."""
+        self.task.add_done_callback(_unheard)
+        log.info("read_ahead_dropped", step=self.step.value)
+
+    def fits(self, case: CaseSnapshot, step: StepName) -> bool:
+        return self.case_id == case.id and self.step is step and self.attempt == case.step(step).attempts
+
+
+def _unheard(task: asyncio.Task[StepOutcome]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+#: What a step left for the next: the case as recorded, whether that write started the next step,
+#: and the next step's read if it was sent ahead.
+Ran = tuple[CaseSnapshot, bool, ReadAhead | None]
 
 
 def _tenant_failure(message: str, code: str = "tenant_unavailable") -> rules.Failed:
@@ -84,15 +118,19 @@ class Engine:
             # per step boundary). Only our own write says so: a running step found on a claimed case
             # was left by a worker that died, and is started again (a new attempt, with its precheck).
             begun = False
+            ahead: ReadAhead | None = None
             while True:
                 step = rules.next_step(case.view())
                 now = self.now()
                 if step is None or (not begun and (case.next_action_at is None or case.next_action_at > now)):
+                    if ahead is not None:
+                        ahead.drop()
                     await self._durably(
                         lambda: cases.release_lease(db, case_id=claim.case_id, worker_id=self.worker_id)
                     )
                     return
-                ran = await self._run_step(case, step, begun=begun)
+                ran = await self._run_step(case, step, begun=begun, ahead=ahead)
+                ahead = None
                 if ran is None:
                     # The write was refused: someone else changed the case, or a write whose answer an
                     # outage swallowed did land. Carry on only if the case is still ours.
@@ -101,8 +139,10 @@ class Engine:
                         return
                     case, begun = current, False
                 else:
-                    case, begun = ran
+                    case, begun, ahead = ran
                 if case.lease_owner != self.worker_id:
+                    if ahead is not None:
+                        ahead.drop()
                     return
 
     async def _durably(self, operation: Callable[[], Awaitable[T]]) -> T:
@@ -121,11 +161,15 @@ class Engine:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, DB_RETRY_MAX)
 
-    async def _run_step(self, case: CaseSnapshot, step: StepName, *, begun: bool) -> tuple[CaseSnapshot, bool] | None:
+    async def _run_step(
+        self, case: CaseSnapshot, step: StepName, *, begun: bool, ahead: ReadAhead | None = None
+    ) -> Ran | None:
         """Start ``step`` (unless ``begun``: the last write did), run it, record its result.
 
-        Returns the case as recorded and whether that write also started the next step; None
-        when a write was refused (the case changed under us).
+        ``ahead``: the step's read, sent while the last write was made; its answer is the step's
+        if that write started this very step (``begun``) and nothing refuses the step now.
+        Returns what :meth:`_record` returns; None when a write was refused (the case changed
+        under us).
         """
         tenant, gateway, refused = await self._durably(lambda: self._tenant_of(case))
         domains: list[str] = []
@@ -142,6 +186,11 @@ class Engine:
             now = self.now()
             written = await self._durably(lambda: self._start(case, step, new_secret, now))
             started = written.case if written is not None else None
+        if ahead is not None and not (
+            begun and started is not None and refused is None and gateway is not None and ahead.fits(started, step)
+        ):
+            ahead.drop()
+            ahead = None
         if started is None:
             log.info("case_lost", step=step.value, reason="changed before the step started")
             return None
@@ -149,8 +198,10 @@ class Engine:
         with bound(step=step.value, attempt=view_step.attempts):
             log.info("step_started", from_state=case.state, to_state=started.state)
             loop = asyncio.get_running_loop()
-            began = loop.time()
-            if refused is not None or gateway is None:
+            began = loop.time() if ahead is None else ahead.began
+            if ahead is not None:
+                outcome = await self._with_heartbeat(started.id, ahead.task)
+            elif refused is not None or gateway is None:
                 outcome = refused or StepOutcome(_tenant_failure(f"no gateway for tenant {tenant}"), {})
             else:
                 context = StepContext(
@@ -166,7 +217,8 @@ class Engine:
             # transaction as its result (or on its own, if the result could not be written).
             seen, restriction = self._seen(step, outcome)
             along = self._note_along(started, restriction) if seen else None
-            recorded = await self._record(started, step, outcome, duration_ms, along=along)
+            reads = (gateway, tuple(domains)) if refused is None and gateway is not None else None
+            recorded = await self._record(started, step, outcome, duration_ms, along=along, reads=reads)
             if seen and recorded is None:
                 await self._note_sender(started, restriction)
             return recorded
@@ -342,8 +394,15 @@ class Engine:
         return build
 
     async def _record(
-        self, started: CaseSnapshot, step: StepName, outcome: StepOutcome, duration_ms: float, *, along: Along | None
-    ) -> tuple[CaseSnapshot, bool] | None:
+        self,
+        started: CaseSnapshot,
+        step: StepName,
+        outcome: StepOutcome,
+        duration_ms: float,
+        *,
+        along: Along | None,
+        reads: tuple[TenantGateway, tuple[str, ...]] | None = None,
+    ) -> Ran | None:
         """Write the step's result, decided on the case as it is when written, and start the next step.
 
         Usually that is the case as the step started. If it changed meanwhile (a password
@@ -351,6 +410,13 @@ class Engine:
         cancelled case keeps the result as a late one; a case another worker took over (our lease
         ran out) gets nothing from us. When the decision makes the next step due at once, the
         same transaction starts it (returned True): one commit per step boundary, not two.
+
+        When that next step only reads the tenant (``rules.READ_STEPS``) and ``reads`` gives the
+        gateway and domains this step used, its read is sent as soon as the decision is made,
+        while the transaction is written: the tenant answers while the database commits, instead
+        of after. The read is returned with the case; it is the next step's only if the write
+        did start that step (:meth:`ReadAhead.fits`), and dropped otherwise. A read changes
+        nothing at the tenant, so one sent for a write that then did not happen is only wasted.
         """
         now = self.now()
         settings = self.runtime.settings
@@ -383,6 +449,18 @@ class Engine:
                 keep_lease_until=now + timedelta(seconds=self.lease) if keep else None,
             )
 
+        ahead: ReadAhead | None = None
+
+        def decided(case: CaseSnapshot, change: CaseChange) -> None:
+            nonlocal ahead
+            if ahead is not None or reads is None or change.decision is None:
+                return  # sent once, for the first decision: the one on the case as the step started
+            if change.lease is None or change.lease.until is None:
+                return
+            following = rules.due_after(case.view(), change.decision, now)
+            if following in rules.READ_STEPS:
+                ahead = self._read_ahead(case, following, *reads)
+
         written = await self._durably(
             lambda: change_case(
                 self.runtime.db,
@@ -393,8 +471,12 @@ class Engine:
                 known=started,
                 then=self._next_start(now),
                 along=along,
+                decided=decided,
             )
         )
+        if ahead is not None and (written is None or written.then is None):
+            ahead.drop()
+            ahead = None
         failed = isinstance(outcome.result, rules.Failed)
         tenant = started.tenant or ""
         metrics.STEP_DURATION.labels(step=step.value).observe(duration_ms / 1000)
@@ -425,7 +507,23 @@ class Engine:
         if written.then is not None:
             recorded = written.then.case
         self.runtime.events.publish(recorded.id)
-        return recorded, written.then is not None
+        return recorded, written.then is not None, ahead
+
+    def _read_ahead(
+        self, case: CaseSnapshot, step: StepName, gateway: TenantGateway, domains: tuple[str, ...]
+    ) -> ReadAhead:
+        """Send ``step``'s read now, as its start would (the attempt it will be, the tenant's domains)."""
+        attempt = case.step(step).attempts + 1
+        context = StepContext(
+            precheck=rules.needs_precheck(rules.StepView(step, StepStatus.running, attempt)),
+            domains=domains,
+            now=self.now(),
+        )
+        loop = asyncio.get_running_loop()
+        with bound(step=step.value, attempt=attempt):  # the task's logs name its own step
+            task = loop.create_task(perform(step, case, gateway, context), name=f"read-ahead-{step.value}")
+            log.debug("read_ahead_sent")
+        return ReadAhead(case.id, step, attempt, loop.time(), task)
 
     async def _password_for(self, case: CaseSnapshot, step: StepName) -> tuple[str | None, SealedSecret | None]:
         """The reset's password: sealed and stored before the first attempt, reused by retries."""
@@ -439,7 +537,7 @@ class Engine:
         sealed = self.sealer.seal(password, context=case.id)
         return password, SealedSecret(key_id=sealed.key_id, blob=sealed.blob)
 
-    async def _with_heartbeat(self, case_id: str, work: Coroutine[Any, Any, StepOutcome]) -> StepOutcome:
+    async def _with_heartbeat(self, case_id: str, work: Awaitable[StepOutcome]) -> StepOutcome:
         async def beat() -> None:
             while True:
                 await asyncio.sleep(max(self.lease / 3, 0.2))

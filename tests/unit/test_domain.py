@@ -364,6 +364,7 @@ def test_random_runs_only_take_declared_transitions(
         if decision.action is not None:
             assert (c.state, decision.state) in edges
         assert (decision.state in TERMINAL_STATES) == (decision.outcome is not None)
+        due = d.due_after(c, decision, now)  # what the worker sends ahead of the write, known before it
         steps_now = {s.name: s for s in c.steps}
         for change in decision.steps:
             old = steps_now[change.name]
@@ -375,6 +376,8 @@ def test_random_runs_only_take_declared_transitions(
         restored = decision.sending_restored_by or c.sending_restored_by
         c = d.CaseView(decision.state, tuple(steps_now[s.name] for s in c.steps), c.require_approval, restored)
         assert c.state in OPEN_STATES | TERMINAL_STATES
+        soon = decision.next_action_at is not None and decision.next_action_at <= now
+        assert due is (d.next_step(c) if soon else None)
 
 
 @pytest.mark.parametrize("state", sorted(OPEN_STATES | {CaseState.resolved, CaseState.cancelled}))

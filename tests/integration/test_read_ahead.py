@@ -1,0 +1,158 @@
+"""A read step is sent while the write that starts it is still being made.
+
+The worker records a step's result and starts the next step in one transaction. When that next
+step only reads the tenant (the investigation, the check, the verification), its commands go out
+as soon as the decision is made, so the tenant works while the database commits. These tests hold
+the database back at that moment (a lock the write must wait for) and look at the tenant: the
+reads arrived while the write waited, each was sent once, and nothing that changes the tenant
+went ahead of its write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from service.persistence.db import sync_url
+from service.sandbox.server import SandboxServer
+from tests.stack import Stack, running_stack
+
+#: Each read of the investigation, and how many commands of it a clean mailbox's case sends.
+_INVESTIGATION = {
+    "Get-MgUser": 1,
+    "Get-InboxRule": 2,
+    "Get-Mailbox": 1,
+    "Get-MailboxPermission": 1,
+    "Get-RecipientPermission": 1,
+    "Get-MgUserAuthenticationMethod": 1,
+    "Get-MgOauth2PermissionGrant": 1,
+}
+
+
+@asynccontextmanager
+async def _writes_held(database_url: str, case_id: str) -> AsyncIterator[None]:
+    """Hold back every write of the case until the block ends (PostgreSQL: its row; SQLite: the
+    database's write lock), from a thread of its own: the service runs on this event loop, which
+    must go on while the lock is taken and held."""
+    engine = create_engine(sync_url(database_url), poolclass=NullPool)
+    taken, release = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with engine.connect() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT 1 FROM cases WHERE id = :id FOR UPDATE"), {"id": case_id})
+                else:
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                taken.set()
+                release.wait(30)
+                connection.rollback() if connection.dialect.name == "postgresql" else connection.exec_driver_sql(
+                    "ROLLBACK"
+                )
+        except BaseException as error:
+            failure.append(error)
+            taken.set()
+
+    holder = threading.Thread(target=hold, name="write-holder")
+    holder.start()
+    await asyncio.to_thread(taken.wait, 10)
+    try:
+        if failure:
+            raise failure[0]
+        yield
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+        engine.dispose()
+
+
+async def _until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition did not come true in time")
+        await asyncio.sleep(0.02)
+
+
+async def _running(stack: Stack, case_id: str, step: str, timeout: float = 10.0) -> None:
+    """Until the case's ``step`` is running (its command is at the tenant, slowed down by the test)."""
+    deadline = time.monotonic() + timeout
+    while _step(await stack.get(case_id), step) != "running":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{step} did not start in time")
+        await asyncio.sleep(0.02)
+
+
+def _step(case: dict[str, Any], name: str) -> str:
+    return str(next(s["status"] for s in case["steps"] if s["name"] == name))
+
+
+async def test_the_investigation_reads_while_the_write_that_starts_it_waits(
+    database_url: str, sandbox: SandboxServer
+) -> None:
+    # The revoke is slow, so the case is held while it runs; it finishes with the write held back.
+    sandbox.tenant.configure({"latency_ms": {"Revoke-MgUserSignInSession": 600}})
+    async with running_stack(database_url, sandbox) as stack:
+        case_id = (await stack.open("laura@contoso.com"))["id"]
+        await _running(stack, case_id, "revoke_sessions")
+        async with _writes_held(database_url, case_id):
+            # The revoke's result cannot be written, yet the investigation's first reads reach the tenant.
+            await _until(lambda: stack.calls("Get-MgUser") and stack.calls("Get-InboxRule"))
+            held = await stack.get(case_id)
+            assert (_step(held, "revoke_sessions"), _step(held, "investigate")) == ("running", "pending")
+        case = await stack.wait_for(case_id)
+        assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
+        _assert_each_read_once(stack)
+        # The investigation's answer is the step's: the case's findings came from it.
+        assert _step(case, "investigate") == "succeeded"
+
+
+async def test_the_unblock_waits_for_its_write(database_url: str, sandbox: SandboxServer) -> None:
+    """The check is a read, the unblock is not: with the check's result held back, nothing is removed."""
+    sandbox.tenant.configure({"latency_ms": {"Get-BlockedSenderAddress": 600}})
+    async with running_stack(database_url, sandbox) as stack:
+        case_id = (await stack.open("laura@contoso.com"))["id"]
+        await _running(stack, case_id, "check_restriction")
+        async with _writes_held(database_url, case_id):
+            await asyncio.sleep(1.2)  # the check has answered; its result waits for the database
+            assert stack.calls("Remove-BlockedSenderAddress") == []
+        case = await stack.wait_for(case_id)
+        assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
+        assert len(stack.calls("Remove-BlockedSenderAddress")) == 1
+
+
+async def test_a_read_sent_for_a_write_that_lost_is_dropped(database_url: str, sandbox: SandboxServer) -> None:
+    """Cancelled while the revoke ran: the investigation the worker sent ahead is not recorded and
+    nothing after it runs (the cancel's write won; the revoke's result is kept as a late one)."""
+    sandbox.tenant.configure({"latency_ms": {"Revoke-MgUserSignInSession": 600}})
+    async with running_stack(database_url, sandbox) as stack:
+        case_id = (await stack.open("laura@contoso.com"))["id"]
+        await _running(stack, case_id, "revoke_sessions")
+        response = await stack.client.post(f"/v1/cases/{case_id}/cancel")
+        assert response.status_code == 200, response.text
+        case = await stack.wait_for(case_id, "cancelled")
+        await asyncio.sleep(1.0)  # anything the worker still does with the case happens now
+        case = await stack.get(case_id)
+        assert _step(case, "revoke_sessions") == "succeeded"
+        assert _step(case, "investigate") == "skipped"  # what the cancel found not yet run
+        assert not case["findings"]  # none: no investigation was recorded
+        # The revoke's result was first decided on the case as it started: that decision sent the
+        # investigation's reads; the write lost to the cancel, so their answers went nowhere.
+        assert len(stack.calls("Get-MgUser")) == 1
+        # No check of laura's address (the tenant reader's reads of the whole list name none).
+        assert [c for c in stack.calls("Get-BlockedSenderAddress") if c["parameters"].get("SenderAddress")] == []
+        assert stack.calls("Remove-BlockedSenderAddress") == []
+
+
+def _assert_each_read_once(stack: Stack) -> None:
+    sent = {cmdlet: len(stack.calls(cmdlet)) for cmdlet in _INVESTIGATION}
+    assert sent == _INVESTIGATION
+    assert len(stack.calls("Remove-BlockedSenderAddress")) == 1
