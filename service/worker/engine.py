@@ -72,8 +72,10 @@ class ReadAhead:
 
 
 def _unheard(task: asyncio.Task[StepOutcome]) -> None:
-    if not task.cancelled():
-        task.exception()
+    # A step reports the tenant's refusals as its outcome; what it raises is a fault of the
+    # service's own, and nobody awaits this task to see it: say so here.
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("read_ahead_failed", error_class=type(error).__name__, exc_info=error)
 
 
 #: What a step left for the next: the case as recorded, whether that write started the next step,
