@@ -456,7 +456,7 @@ class Engine:
         def decided(case: CaseSnapshot, change: CaseChange) -> None:
             nonlocal ahead
             if ahead is not None or reads is None or change.decision is None:
-                return  # sent once, for the first decision: the one on the case as the step started
+                return  # at most once a boundary: a decision made again (the case changed) sends no more
             if change.lease is None or change.lease.until is None:
                 return
             following = rules.due_after(case.view(), change.decision, now)
