@@ -206,12 +206,7 @@ class Engine:
             elif refused is not None or gateway is None:
                 outcome = refused or StepOutcome(_tenant_failure(f"no gateway for tenant {tenant}"), {})
             else:
-                context = StepContext(
-                    password=password,
-                    precheck=rules.needs_precheck(view_step),
-                    domains=tuple(domains),
-                    now=self.now(),
-                )
+                context = self._context(view_step, tuple(domains), password)
                 with password_guard(password):
                     outcome = await self._with_heartbeat(started.id, perform(step, started, gateway, context))
             duration_ms = round((loop.time() - began) * 1000, 1)
@@ -511,16 +506,16 @@ class Engine:
         self.runtime.events.publish(recorded.id)
         return recorded, written.then is not None, ahead
 
+    def _context(self, step: rules.StepView, domains: tuple[str, ...], password: str | None = None) -> StepContext:
+        """What a step is run with, whether it is sent at its start or ahead of it."""
+        return StepContext(password=password, precheck=rules.needs_precheck(step), domains=domains, now=self.now())
+
     def _read_ahead(
         self, case: CaseSnapshot, step: StepName, gateway: TenantGateway, domains: tuple[str, ...]
     ) -> ReadAhead:
         """Send ``step``'s read now, as its start would (the attempt it will be, the tenant's domains)."""
         attempt = case.step(step).attempts + 1
-        context = StepContext(
-            precheck=rules.needs_precheck(rules.StepView(step, StepStatus.running, attempt)),
-            domains=domains,
-            now=self.now(),
-        )
+        context = self._context(rules.StepView(step, StepStatus.running, attempt), domains)
         loop = asyncio.get_running_loop()
         with bound(step=step.value, attempt=attempt):  # the task's logs name its own step
             task = loop.create_task(perform(step, case, gateway, context), name=f"read-ahead-{step.value}")
