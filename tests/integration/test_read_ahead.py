@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 
 from service.persistence.db import sync_url
 from service.sandbox.server import SandboxServer
+from tests.helpers import until
 from tests.stack import Stack, running_stack
 
 #: Each read of the investigation, and how many commands of it a clean mailbox's case sends.
@@ -74,14 +75,6 @@ async def _writes_held(database_url: str, case_id: str) -> AsyncIterator[None]:
         engine.dispose()
 
 
-async def _until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("the condition did not come true in time")
-        await asyncio.sleep(0.02)
-
-
 async def _running(stack: Stack, case_id: str, step: str, timeout: float = 10.0) -> None:
     """Until the case's ``step`` is running (its command is at the tenant, slowed down by the test)."""
     deadline = time.monotonic() + timeout
@@ -105,7 +98,7 @@ async def test_the_investigation_reads_while_the_write_that_starts_it_waits(
         await _running(stack, case_id, "revoke_sessions")
         async with _writes_held(database_url, case_id):
             # The revoke's result cannot be written, yet the investigation's first reads reach the tenant.
-            await _until(lambda: stack.calls("Get-MgUser") and stack.calls("Get-InboxRule"))
+            await until(lambda: stack.calls("Get-MgUser") and stack.calls("Get-InboxRule"), "the first reads", 10)
             held = await stack.get(case_id)
             assert (_step(held, "revoke_sessions"), _step(held, "investigate")) == ("running", "pending")
         case = await stack.wait_for(case_id)

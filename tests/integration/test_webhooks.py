@@ -14,6 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from service.persistence import webhooks
 from service.sandbox.server import SandboxServer
+from tests.helpers import until
 from tests.receiver import Receiver
 from tests.stack import Stack, running_stack
 
@@ -35,14 +36,6 @@ async def _subscribe(stack: Stack, url: str, events: list[str]) -> dict[str, Any
     body = response.json()
     assert body["secret"].startswith("whsec_")
     return dict(body)
-
-
-async def _until(predicate: Any, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def _verified(receiver: Receiver, secret: str) -> list[dict[str, Any]]:
@@ -68,7 +61,7 @@ async def test_every_delivery_is_signed_and_each_case_arrives_in_order(
         for case in cases:
             timeline = [e for e in await stack.events(case["id"]) if e["type"] == "state.changed"]
             expected = 2 + len(timeline)  # created + one per state change + resolved
-            await _until(
+            await until(
                 lambda c=case, n=expected: len(_events_of(_verified(receiver, subscription["secret"]), c["id"])) >= n,
                 f"{expected} events for {case['mailbox']}",
             )
@@ -95,7 +88,7 @@ async def test_filters_only_send_what_was_asked(database_url: str, sandbox: Sand
         subscription = await _subscribe(stack, receiver.url, ["case.resolved", "case.failed"])
         ok = await stack.wait_for((await stack.open("ann@contoso.com"))["id"])
         bad = await stack.wait_for((await stack.open("zed@contoso.com"))["id"])
-        await _until(lambda: len(receiver.received) >= 2, "two deliveries")
+        await until(lambda: len(receiver.received) >= 2, "two deliveries")
         await asyncio.sleep(0.5)
         payloads = _verified(receiver, subscription["secret"])
         assert sorted((p["type"], p["data"]["case"]["id"]) for p in payloads) == sorted(
@@ -120,7 +113,7 @@ async def test_deliveries_survive_the_receiver_being_down(database_url: str, san
         assert {d["last_error"] for d in pending["items"] if d["attempts"]} == {"connect_failed"}
         back = Receiver(port=port).start()
         try:
-            await _until(lambda: any(json.loads(b)["type"] == "case.resolved" for b in back.bodies()), "the backlog")
+            await until(lambda: any(json.loads(b)["type"] == "case.resolved" for b in back.bodies()), "the backlog")
             events = _events_of(_verified(back, subscription["secret"]), case["id"])
             assert events[0]["type"] == "case.created"
             assert events[-1]["type"] == "case.resolved"
@@ -151,7 +144,7 @@ async def test_dead_letters_and_redelivery(database_url: str, sandbox: SandboxSe
         receiver.status = 200
         redeliver = await stack.client.post(f"/v1/webhooks/{hook_id}/deliveries/{letters[0]['id']}/redeliver")
         assert redeliver.status_code == 202
-        await _until(lambda: len(receiver.received) == 1, "the redelivery")
+        await until(lambda: len(receiver.received) == 1, "the redelivery")
         assert _verified(receiver, subscription["secret"])[0]["type"] == "case.created"
         # Delivered now: queuing it again would send the event twice.
         again = await stack.client.post(f"/v1/webhooks/{hook_id}/deliveries/{letters[0]['id']}/redeliver")
@@ -176,7 +169,7 @@ async def test_a_failing_receivers_backlog_does_not_look_due(
         subscription = await _subscribe(stack, receiver.url, ["*"])
         case = await stack.open("ann@contoso.com")
         await stack.wait_for(case["id"])
-        await _until(lambda: receiver.attempts >= 1, "the first attempt")
+        await until(lambda: receiver.attempts >= 1, "the first attempt")
 
         async def pending() -> list[dict[str, Any]]:
             response = await stack.client.get(
