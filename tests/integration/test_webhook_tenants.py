@@ -15,8 +15,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from service.sandbox.server import SandboxServer
+from tests.helpers import until
 from tests.integration.test_tenants import _add_fabrikam, _cli_env, _limited_key
-from tests.integration.test_webhooks import FAST, LOOPBACK, _until
+from tests.integration.test_webhooks import FAST, LOOPBACK
 from tests.receiver import Receiver
 from tests.stack import running_stack
 
@@ -91,8 +92,8 @@ async def test_a_limited_keys_subscription_gets_only_its_tenants_events(
 
         await stack.open("rob@contoso.com")
         await stack.open("mia@fabrikam.com")
-        await _until(lambda: len(everything.received) >= 2, "both cases at the unlimited receiver")
-        await _until(lambda: len(only_fabrikam.received) >= 1, "mia's case at fabrikam's receiver")
+        await until(lambda: len(everything.received) >= 2, "both cases at the unlimited receiver")
+        await until(lambda: len(only_fabrikam.received) >= 1, "mia's case at fabrikam's receiver")
         assert sorted(_cases_seen(everything, unlimited.json()["secret"])) == [
             ("mia@fabrikam.com", "fabrikam"),
             ("rob@contoso.com", "default"),
