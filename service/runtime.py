@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 from service.config import Settings
 from service.domain.audit import AuditSigner
 from service.domain.tenancy import TenantDomains
+from service.domain.timeline import CaseChange
 from service.persistence.db import Database
-from service.persistence.records import Claim, Lease
+from service.persistence.records import CaseSnapshot, Claim, Lease
 from service.security.destinations import DestinationPolicy, Resolver, system_resolver
 
 if TYPE_CHECKING:
@@ -82,19 +83,32 @@ class CaseEvents:
                     del self._waiters[case_id]
 
 
+class Reservation(Protocol):
+    """Room the worker in this process keeps for one case intake is creating (:meth:`LocalWorker.reserve`)."""
+
+    @property
+    def lease(self) -> Lease:
+        """The lease the case is created with: the worker holds it from its first commit."""
+
+    def start(self, case: CaseSnapshot) -> CaseChange | None:
+        """The worker's start of the case's first step, decided on the case as inserted and written
+        in the creating transaction; None leaves the start to the worker (as for a claimed case)."""
+
+
 class LocalWorker(Protocol):
     """The worker running in this process, as intake sees it: a new case can be created already held
-    by it (:meth:`reserve`, then :meth:`take` once the case is committed, or :meth:`unreserve`), so
-    that it starts at once, without waiting to be woken and claiming it in a transaction of its own."""
+    by it, its first step started (:meth:`reserve`, then :meth:`take` once the case is committed, or
+    :meth:`unreserve`), so that its first command goes out after one commit, without the worker
+    being woken, claiming it or starting it in transactions of its own."""
 
-    def reserve(self, now: datetime) -> Lease | None:
-        """Room for one more case: the lease to create it with; None when the worker is full or stopping."""
+    def reserve(self, now: datetime) -> Reservation | None:
+        """Room for one more case; None when the worker is full or stopping."""
 
     def unreserve(self) -> None:
         """The reserved case was not created (or not with the lease)."""
 
-    def take(self, claim: Claim) -> None:
-        """Run a case created with a reserved lease."""
+    def take(self, claim: Claim, reservation: Reservation) -> None:
+        """Run a case created with ``reservation``."""
 
 
 @dataclass

@@ -94,18 +94,25 @@ async def open_case(
 
     now = runtime.clock()
     local = runtime.local_worker
-    lease = local.reserve(now) if local is not None else None
+    reservation = local.reserve(now) if local is not None else None
     try:
         stored = await cases.create_case(
-            runtime.db, new=new, actor=actor, now=now, render=render, idempotency=idempotency, lease=lease
+            runtime.db,
+            new=new,
+            actor=actor,
+            now=now,
+            render=render,
+            idempotency=idempotency,
+            lease=reservation.lease if reservation is not None else None,
+            then=reservation.start if reservation is not None else None,
         )
     except BaseException:
-        if local is not None and lease is not None:
+        if local is not None and reservation is not None:
             local.unreserve()
         raise
-    if local is not None and lease is not None:
+    if local is not None and reservation is not None:
         if stored.claimed is not None:
-            local.take(stored.claimed)  # this process's worker starts on it now
+            local.take(stored.claimed, reservation)  # this process's worker goes on with it now
         else:
             local.unreserve()  # a replay: nothing was created
     if not stored.replayed:

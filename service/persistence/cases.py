@@ -24,7 +24,7 @@ from service.persistence.db import Database
 from service.persistence.models import Case, IdempotencyRecord
 from service.persistence.records import CaseSnapshot, Claim, Lease
 from service.persistence.snapshots import CASES, CREDENTIALS, get_case, open_case_id, read_many_in
-from service.persistence.writer import NewCase, SealedSecret, insert_case
+from service.persistence.writer import Build, NewCase, SealedSecret, insert_case
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +84,17 @@ async def create_case(
     render: Render,
     idempotency: IdempotencyRequest | None = None,
     lease: Lease | None = None,
+    then: Build | None = None,
 ) -> Stored:
     """Insert the case, its planned steps and its first event; store the response for replays.
 
-    With ``lease`` the case is created held by that worker, and ``claimed`` says so (not on a replay).
+    With ``lease`` the case is created held by that worker, and ``claimed`` says so (not on a replay);
+    ``then`` is that worker's start of the first step, in the same transaction (:func:`insert_case`).
     """
     for attempt in range(2):
         try:
             return await _create_once(
-                db, new=new, actor=actor, now=now, render=render, idempotency=idempotency, lease=lease
+                db, new=new, actor=actor, now=now, render=render, idempotency=idempotency, lease=lease, then=then
             )
         except IntegrityError:
             if attempt:
@@ -115,11 +117,12 @@ async def _create_once(
     render: Render,
     idempotency: IdempotencyRequest | None,
     lease: Lease | None,
+    then: Build | None,
 ) -> Stored:
     async with db.write() as session:
         if idempotency is not None and (stored := await _replay(session, idempotency)) is not None:
             return stored
-        snapshot = await insert_case(session, new=new, actor=actor, now=now, lease=lease)
+        snapshot = await insert_case(session, new=new, actor=actor, now=now, lease=lease, then=then)
         body, location = render(snapshot)
         if idempotency is not None:
             session.add(

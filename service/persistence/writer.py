@@ -525,12 +525,21 @@ class NewCase:
 
 
 async def insert_case(
-    session: AsyncSession, *, new: NewCase, actor: str, now: datetime, lease: Lease | None = None
+    session: AsyncSession,
+    *,
+    new: NewCase,
+    actor: str,
+    now: datetime,
+    lease: Lease | None = None,
+    then: Build | None = None,
 ) -> CaseSnapshot:
     """Within a caller's transaction: the case, its planned steps, its first event and case.created.
 
     ``lease``: the case is created already held by that worker (the worker in the creating process,
-    which starts on it at once instead of claiming it).
+    which starts on it at once instead of claiming it). ``then`` (with ``lease``): that worker's
+    start of the first step, decided on the case as inserted and written in the same transaction,
+    so the first command waits for one commit, not two. Returns the case as the transaction
+    leaves it.
     """
     existing = await open_case_in(session, mailbox=new.mailbox)
     if existing is not None:
@@ -597,10 +606,8 @@ async def insert_case(
         plan=[s.value for s in plan],
         actor=actor,
     )
-    await insert_events(session, case_id=case.id, at=now, events=(opened,))
     snapshot = snapshot_from(row, steps, None)
-    await store_document(session, snapshot)
-    await outbox.emit(
+    await outbox.emit(  # before the first step's start emits its own
         session,
         type=WebhookEventType.case_created.value,
         at=now,
@@ -609,6 +616,24 @@ async def insert_case(
         ordering_key=f"case:{case.id}",
         tenant=snapshot.tenant,
     )
+    timeline: list[TimelineEvent] = [opened]
+    start = then(snapshot) if then is not None and lease is not None else None
+    if start is not None:
+        started = await write_change(
+            session,
+            snapshot,
+            start,
+            now=now,
+            signer=None,
+            lease_owner=lease.owner if lease else None,
+            store=False,
+            timeline=timeline,
+        )
+        if started is None:  # nobody else can see the case before this transaction commits
+            raise AssertionError(f"case {case.id} changed inside the transaction that created it")
+        snapshot = started.case
+    await insert_events(session, case_id=case.id, at=now, events=timeline)
+    await store_document(session, snapshot)
     # A case created held by a worker is that worker's: the other workers need not look.
     await notify_change(session, case.id, workers=lease is None)
     return snapshot

@@ -14,7 +14,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -31,7 +31,7 @@ from service.domain.transitions import apply
 from service.errors import BridgeError, ForeignMailbox, InvalidInput, TenantNotFound, Unavailable
 from service.logging import bound, get_logger, secret_in_flight
 from service.persistence import cases, tenant_facts, tenants, writer
-from service.persistence.records import CaseSnapshot, Claim
+from service.persistence.records import CaseSnapshot, Claim, Lease
 from service.persistence.writer import Along, SealedSecret, Written, change_case
 from service.powershell.port import GatewayDirectory, TenantGateway
 from service.runtime import Runtime
@@ -78,6 +78,34 @@ def _unheard(task: asyncio.Task[StepOutcome]) -> None:
         log.error("read_ahead_failed", error_class=type(error).__name__, exc_info=error)
 
 
+@dataclass(slots=True)
+class Opening:
+    """A case intake in this process creates held by this worker (:class:`service.runtime.Reservation`).
+
+    Its first step is started in the transaction that creates the case, as the worker would start
+    it (:meth:`Engine._starting`; the reset's password generated and sealed first), so the first
+    command waits for one commit, not two. A case intake could not place in a tenant is left to
+    the worker, which places it and checks its domain before anything is sealed or sent.
+    """
+
+    engine: Engine
+    lease: Lease
+    now: datetime
+    step: StepName | None = None  # the step the creating transaction started
+    password: str | None = field(default=None, repr=False)  # the reset's, in memory until it is sent
+
+    def start(self, case: CaseSnapshot) -> CaseChange | None:
+        self.step, self.password = None, None  # a create tried again decides afresh
+        step = rules.next_step(case.view())
+        if step is None or case.tenant is None:
+            return None
+        password, secret = self.engine.new_password(case.id) if step is StepName.reset_password else (None, None)
+        change = self.engine._starting(case, step, secret, self.now)
+        if change is not None:
+            self.step, self.password = step, password
+        return change
+
+
 #: What a step left for the next: the case as recorded, whether that write started the next step,
 #: and the next step's read if it was sent ahead.
 Ran = tuple[CaseSnapshot, bool, ReadAhead | None]
@@ -110,16 +138,27 @@ class Engine:
     def now(self) -> datetime:
         return self.runtime.clock()
 
-    async def process(self, claim: Claim) -> None:
+    def opening(self, lease: Lease, now: datetime) -> Opening:
+        """The start of a case intake in this process is about to create with ``lease``."""
+        return Opening(self, lease, now)
+
+    async def process(self, claim: Claim, opened: Opening | None = None) -> None:
+        """Run ``claim``'s case while its next step is due; ``opened``: intake created it started."""
         db = self.runtime.db
         with bound(case_id=claim.case_id, worker_id=self.worker_id):
             case = claim.case
             if case.lease_owner != self.worker_id:
                 return
             # True when the write that recorded the last step also started the next one (one commit
-            # per step boundary). Only our own write says so: a running step found on a claimed case
-            # was left by a worker that died, and is started again (a new attempt, with its precheck).
-            begun = False
+            # per step boundary), or the write that created the case started its first. Only our own
+            # write says so: a running step found on a claimed case was left by a worker that died,
+            # and is started again (a new attempt, with its precheck).
+            begun = opened is not None and opened.step is not None
+            if begun and opened is not None and opened.step is StepName.reset_password and opened.password is None:
+                raise AssertionError("a reset started at intake without its password")
+            password = None
+            if opened is not None:  # held here only until the reset is sent
+                password, opened.password = opened.password, None
             ahead: ReadAhead | None = None
             while True:
                 step = rules.next_step(case.view())
@@ -131,8 +170,8 @@ class Engine:
                         lambda: cases.release_lease(db, case_id=claim.case_id, worker_id=self.worker_id)
                     )
                     return
-                ran = await self._run_step(case, step, begun=begun, ahead=ahead)
-                ahead = None
+                ran = await self._run_step(case, step, begun=begun, ahead=ahead, password=password)
+                ahead, password = None, None
                 if ran is None:
                     # The write was refused: someone else changed the case, or a write whose answer an
                     # outage swallowed did land. Carry on only if the case is still ours.
@@ -164,12 +203,19 @@ class Engine:
                 delay = min(delay * 2, DB_RETRY_MAX)
 
     async def _run_step(
-        self, case: CaseSnapshot, step: StepName, *, begun: bool, ahead: ReadAhead | None = None
+        self,
+        case: CaseSnapshot,
+        step: StepName,
+        *,
+        begun: bool,
+        ahead: ReadAhead | None = None,
+        password: str | None = None,
     ) -> Ran | None:
         """Start ``step`` (unless ``begun``: the last write did), run it, record its result.
 
         ``ahead``: the step's read, sent while the last write was made; its answer is the step's
         if that write started this very step (``begun``) and nothing refuses the step now.
+        ``password``: a begun reset's, sealed by the write that started it (intake's, see :class:`Opening`).
         Returns what :meth:`_record` returns; None when a write was refused (the case changed
         under us).
         """
@@ -177,8 +223,7 @@ class Engine:
         domains: list[str] = []
         if refused is None and gateway is not None:
             refused, domains = await self._durably(lambda: self._domain_refusal(case, tenant, gateway))
-        if begun:  # never the reset (its password is sealed at its own start)
-            password: str | None = None
+        if begun:  # a reset only from intake's write, which sealed its password (given here)
             started: CaseSnapshot | None = case
         else:
             # A mailbox outside the tenant's domains gets no password sealed and no command sent.
@@ -530,8 +575,12 @@ class Engine:
         existing = None if case.credential is None else await cases.load_secret(self.runtime.db, case_id=case.id)
         if existing is not None:
             return self.sealer.open(Sealed(existing.key_id, existing.blob), context=case.id), None
+        return self.new_password(case.id)
+
+    def new_password(self, case_id: str) -> tuple[str, SealedSecret]:
+        """A new temporary password for the case's reset, and the same sealed for its credential row."""
         password = generate_password()
-        sealed = self.sealer.seal(password, context=case.id)
+        sealed = self.sealer.seal(password, context=case_id)
         return password, SealedSecret(key_id=sealed.key_id, blob=sealed.blob)
 
     async def _with_heartbeat(self, case_id: str, work: Awaitable[StepOutcome]) -> StepOutcome:

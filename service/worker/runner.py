@@ -23,8 +23,8 @@ from service.logging import get_logger
 from service.persistence import cases, credentials
 from service.persistence.listen import listen
 from service.persistence.records import Claim, Lease
-from service.runtime import Runtime
-from service.worker.engine import Engine
+from service.runtime import Reservation, Runtime
+from service.worker.engine import Engine, Opening
 
 log = get_logger(__name__)
 
@@ -138,16 +138,16 @@ class Worker:
 
     # --- cases created in this process (service.runtime.LocalWorker) ------------------------------
 
-    def reserve(self, now: datetime) -> Lease | None:
+    def reserve(self, now: datetime) -> Opening | None:
         if self._stopping.is_set() or self._free() <= 0:
             return None
         self._reserved += 1
-        return Lease(owner=self.worker_id, until=now + timedelta(seconds=self.lease))
+        return self.engine.opening(Lease(owner=self.worker_id, until=now + timedelta(seconds=self.lease)), now)
 
     def unreserve(self) -> None:
         self._reserved -= 1
 
-    def take(self, claim: Claim) -> None:
+    def take(self, claim: Claim, reservation: Reservation) -> None:
         self._reserved -= 1
         if self._stopping.is_set():  # held by us, but we are going: let another worker have it at once
             release = cases.release_lease(self.runtime.db, case_id=claim.case_id, worker_id=self.worker_id)
@@ -157,7 +157,8 @@ class Worker:
             return
         # A context of its own, as a claimed case has: not the creating request's (its request id,
         # its principal), which would otherwise label every line the worker logs for the case.
-        task = asyncio.get_running_loop().create_task(self._run(claim), context=contextvars.Context())
+        opened = reservation if isinstance(reservation, Opening) else None
+        task = asyncio.get_running_loop().create_task(self._run(claim, opened), context=contextvars.Context())
         self._inflight[claim.case_id] = task
 
     async def _sleep_for(self) -> float:
@@ -171,9 +172,9 @@ class Worker:
             return self.poll_interval
         return max(0.0, min(self.poll_interval, (due - self.now()).total_seconds() + 0.01))
 
-    async def _run(self, claim: Claim) -> None:
+    async def _run(self, claim: Claim, opened: Opening | None = None) -> None:
         try:
-            await self.engine.process(claim)
+            await self.engine.process(claim, opened)
         except asyncio.CancelledError:
             raise
         except Unavailable as error:  # not expected (the engine waits outages out), but never an error line

@@ -34,7 +34,9 @@ async def test_a_restricted_mailbox_is_unblocked(stack: Stack) -> None:
     """received → … → resolved/unblocked; the reset strictly before the one Remove-BlockedSenderAddress."""
     created = await stack.open("ROB@contoso.com", ticket_ref="INC0012345", requested_by="servicedesk")
     assert created["mailbox"] == "rob@contoso.com"
-    assert created["state"] == "received"
+    # Created held by the worker in this process, with its reset started in the same transaction.
+    assert created["state"] == "securing_account"
+    assert (created["steps"][0]["name"], created["steps"][0]["status"]) == ("reset_password", "running")
     case = await stack.wait_for(created["id"])
     assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
     assert case["restriction"]["limit_type"] == "External"

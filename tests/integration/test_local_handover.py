@@ -1,13 +1,16 @@
 """A case created in a process that runs a worker starts at once, held by that worker.
 
-Intake reserves room in the local worker, creates the case already leased to it and hands it over;
-the worker does not wait to be woken nor claim it in a transaction of its own. A worker that is
-full, or an API-only process, leaves the case to the claim (the other workers' path). A create that
-fails or replays gives the room back.
+Intake reserves room in the local worker, creates the case already leased to it with its first
+step started (the reset's password sealed) in the same transaction, and hands it over; the worker
+does not wait to be woken, claim it or start it in transactions of its own. A worker that is full,
+or an API-only process, leaves the case to the claim (the other workers' path). A create that fails
+or replays gives the room back. A process that dies after the create leaves a started step, which
+the next worker starts again with the password sealed at intake.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import timedelta
 
@@ -21,6 +24,7 @@ from service.persistence.records import Lease
 from service.persistence.writer import NewCase
 from service.runtime import utc_now
 from service.sandbox.server import SandboxServer
+from service.worker.engine import Engine
 from service.worker.runner import Worker
 from tests.stack import running_stack
 
@@ -39,8 +43,17 @@ async def test_a_case_created_beside_a_free_worker_is_handed_to_it(
         case = await stack.open("rob@contoso.com")
         assert case["id"] in worker._inflight  # running already: handed over, not claimed later
         assert worker._reserved == 0
+        # The create's own transaction started the reset: the answer is the case as it committed.
+        assert case["state"] == "securing_account"
+        first = case["steps"][0]
+        assert (first["name"], first["status"], first["attempts"]) == ("reset_password", "running", 1)
         done = await stack.wait_for(case["id"])
         assert done["outcome"] == "unblocked"
+        events = await stack.events(case["id"])
+        assert [e["type"] for e in events[:2]] == ["case.created", "state.changed"]
+        assert events[0]["at"] == events[1]["at"]  # one transaction
+        assert done["steps"][0]["attempts"] == 1
+        assert len(stack.calls("Update-MgUser")) == 1
         # The worker's lines about the case are its own, not labelled with the creating request's id.
         lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
         steps = [line for line in lines if line.get("event") == "step_started"]
@@ -120,3 +133,45 @@ async def test_a_case_created_with_a_lease_is_not_claimable_by_others(database_u
         assert [c.case_id for c in claimed] == [stored.claimed.case_id]
     finally:
         await db.dispose()
+
+
+async def test_a_reset_started_by_a_create_whose_process_died_is_sent_by_the_next_worker(
+    database_url: str, sandbox: SandboxServer
+) -> None:
+    """The create committed the reset's start and its sealed password, then the process died before
+    sending it. Once that lease runs out a worker claims the case and runs the reset again (attempt 2)
+    with the password sealed at intake, and nothing else: one Update-MgUser, then the usual case."""
+    async with running_stack(database_url, sandbox) as stack:
+        runtime = stack.runtime
+        long_ago = utc_now() - timedelta(seconds=3 * runtime.settings.worker_lease)
+        gone = Engine(runtime, worker_id="gone:1:dead")
+        opening = gone.opening(Lease(owner=gone.worker_id, until=long_ago), long_ago)
+        stored = await cases.create_case(
+            runtime.db,
+            new=NewCase(
+                mailbox="rob@contoso.com",
+                ticket_ref=None,
+                requested_by=None,
+                note=None,
+                actions=Actions(),
+                require_approval=False,
+                tenant="default",
+            ),
+            actor="test",
+            now=long_ago,
+            render=lambda case: ({"id": case.id}, f"/v1/cases/{case.id}"),
+            lease=opening.lease,
+            then=opening.start,
+        )
+        assert stored.claimed is not None
+        started = stored.claimed.case
+        assert (started.state, started.lease_owner) == ("securing_account", "gone:1:dead")
+        assert opening.password is not None
+        runtime.work.notify()  # its lease ran out long ago: due for anyone
+        done = await stack.wait_for(started.id)
+        assert done["outcome"] == "unblocked"
+        assert done["steps"][0]["attempts"] == 2
+        resets = stack.calls("Update-MgUser")
+        assert len(resets) == 1
+        sent = resets[0]["parameters"]["PasswordProfile"]["Password"]["sha256"]
+        assert sent == hashlib.sha256(opening.password.encode()).hexdigest()
