@@ -203,6 +203,16 @@ def next_step(case: CaseView) -> StepName | None:
 #: does not start it after all.
 READ_STEPS: frozenset[StepName] = frozenset({StepName.investigate, StepName.check_restriction, StepName.verify})
 
+#: Steps whose change at the tenant is the same however often it is made: signing the user out
+#: everywhere, disabling a rule, clearing forwarding. The worker sends one as soon as the write that
+#: starts it holds the case's row (its compare-and-set has won, so no cancel or other worker can
+#: come between), before that write commits. Should the commit then fail, the step runs again
+#: later and makes the same change again. Never the reset (its password must be stored first) nor
+#: the unblock (a daily limit, and a retry that must know an attempt was made).
+EARLY_EFFECTS: frozenset[StepName] = frozenset(
+    {StepName.revoke_sessions, StepName.disable_inbox_rules, StepName.remove_forwarding}
+)
+
 
 def due_after(case: CaseView, decision: Decision, now: datetime) -> StepName | None:
     """The step ``decision`` makes due at once on ``case``: what the worker starts next in the

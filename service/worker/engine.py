@@ -49,8 +49,9 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class ReadAhead:
-    """A read step sent while the write that starts it was being made (see :meth:`Engine._record`).
+class SentAhead:
+    """A step sent while the write that starts it was being made (see :meth:`Engine._record`): a
+    read (``READ_STEPS``), or an effect made the same however often (``EARLY_EFFECTS``).
 
     Its answer is used only if that write did start this step, at this attempt, on this case;
     otherwise it is dropped (never cancelled: a cancelled command gives up its runspace).
@@ -65,7 +66,7 @@ class ReadAhead:
     def drop(self) -> None:
         """Let it finish unheard: its answer (or failure) is read only so nothing reports it as lost."""
         self.task.add_done_callback(_unheard)
-        log.info("read_ahead_dropped", step=self.step.value)
+        log.info("sent_ahead_dropped", step=self.step.value)
 
     def fits(self, case: CaseSnapshot, step: StepName) -> bool:
         return self.case_id == case.id and self.step is step and self.attempt == case.step(step).attempts
@@ -75,7 +76,7 @@ def _unheard(task: asyncio.Task[StepOutcome]) -> None:
     # A step reports the tenant's refusals as its outcome; what it raises is a fault of the
     # service's own, and nobody awaits this task to see it: say so here.
     if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("read_ahead_failed", error_class=type(error).__name__, exc_info=error)
+        log.error("sent_ahead_failed", error_class=type(error).__name__, exc_info=error)
 
 
 @dataclass(slots=True)
@@ -108,7 +109,7 @@ class Opening:
 
 #: What a step left for the next: the case as recorded, whether that write started the next step,
 #: and the next step's read if it was sent ahead.
-Ran = tuple[CaseSnapshot, bool, ReadAhead | None]
+Ran = tuple[CaseSnapshot, bool, SentAhead | None]
 
 
 def _tenant_failure(message: str, code: str = "tenant_unavailable") -> rules.Failed:
@@ -159,7 +160,7 @@ class Engine:
             password = None
             if opened is not None:  # held here only until the reset is sent
                 password, opened.password = opened.password, None
-            ahead: ReadAhead | None = None
+            ahead: SentAhead | None = None
             while True:
                 step = rules.next_step(case.view())
                 now = self.now()
@@ -208,7 +209,7 @@ class Engine:
         step: StepName,
         *,
         begun: bool,
-        ahead: ReadAhead | None = None,
+        ahead: SentAhead | None = None,
         password: str | None = None,
     ) -> Ran | None:
         """Start ``step`` (unless ``begun``: the last write did), run it, record its result.
@@ -453,12 +454,19 @@ class Engine:
         ran out) gets nothing from us. When the decision makes the next step due at once, the
         same transaction starts it (returned True): one commit per step boundary, not two.
 
-        When that next step only reads the tenant (``rules.READ_STEPS``) and ``reads`` gives the
-        gateway and domains this step used, its read is sent as soon as the decision is made,
-        while the transaction is written: the tenant answers while the database commits, instead
-        of after. The read is returned with the case; it is the next step's only if the write
-        did start that step (:meth:`ReadAhead.fits`), and dropped otherwise. A read changes
-        nothing at the tenant, so one sent for a write that then did not happen is only wasted.
+        ``reads`` gives the gateway and domains this step used; with them the next step can go
+        out before the transaction commits, so the tenant works while the database does:
+
+        - a step that only reads the tenant (``rules.READ_STEPS``) as soon as the decision is
+          made. A read changes nothing there, so one sent for a write that then did not happen
+          is only wasted;
+        - an effect made the same however often (``rules.EARLY_EFFECTS``) once the write holds
+          the case's row (the next step's start is decided then, on the case as this result
+          leaves it): from there nothing can come between but a failed commit, after which the
+          step runs again and makes the same change.
+
+        The step sent ahead is returned with the case; it is the next step's only if the write
+        did start that step (:meth:`SentAhead.fits`), and dropped otherwise.
         """
         now = self.now()
         settings = self.runtime.settings
@@ -491,7 +499,7 @@ class Engine:
                 keep_lease_until=now + timedelta(seconds=self.lease) if keep else None,
             )
 
-        ahead: ReadAhead | None = None
+        ahead: SentAhead | None = None
 
         def decided(case: CaseSnapshot, change: CaseChange) -> None:
             nonlocal ahead
@@ -501,7 +509,18 @@ class Engine:
                 return
             following = rules.due_after(case.view(), change.decision, now)
             if following in rules.READ_STEPS:
-                ahead = self._read_ahead(case, following, *reads)
+                ahead = self._send_ahead(case, following, *reads)
+
+        start_next = self._next_start(now)
+
+        def then(case: CaseSnapshot) -> CaseChange | None:
+            nonlocal ahead
+            change = start_next(case)  # the first change holds the row now
+            if change is not None and ahead is None and reads is not None:
+                following = rules.next_step(case.view())
+                if following in rules.EARLY_EFFECTS:
+                    ahead = self._send_ahead(case, following, *reads)
+            return change
 
         written = await self._durably(
             lambda: change_case(
@@ -511,7 +530,7 @@ class Engine:
                 now=now,
                 lease_owner=self.worker_id,
                 known=started,
-                then=self._next_start(now),
+                then=then,
                 along=along,
                 decided=decided,
             )
@@ -555,17 +574,17 @@ class Engine:
         """What a step is run with, whether it is sent at its start or ahead of it."""
         return StepContext(password=password, precheck=rules.needs_precheck(step), domains=domains, now=self.now())
 
-    def _read_ahead(
+    def _send_ahead(
         self, case: CaseSnapshot, step: StepName, gateway: TenantGateway, domains: tuple[str, ...]
-    ) -> ReadAhead:
-        """Send ``step``'s read now, as its start would (the attempt it will be, the tenant's domains)."""
+    ) -> SentAhead:
+        """Send ``step`` now, as its start would (the attempt it will be, the tenant's domains)."""
         attempt = case.step(step).attempts + 1
         context = self._context(rules.StepView(step, StepStatus.running, attempt), domains)
         loop = asyncio.get_running_loop()
         with bound(step=step.value, attempt=attempt):  # the task's logs name its own step
-            task = loop.create_task(perform(step, case, gateway, context), name=f"read-ahead-{step.value}")
-            log.debug("read_ahead_sent")
-        return ReadAhead(case.id, step, attempt, loop.time(), task)
+            task = loop.create_task(perform(step, case, gateway, context), name=f"ahead-{step.value}")
+            log.debug("sent_ahead")
+        return SentAhead(case.id, step, attempt, loop.time(), task)
 
     async def _password_for(self, case: CaseSnapshot, step: StepName) -> tuple[str | None, SealedSecret | None]:
         """The reset's password: sealed and stored before the first attempt, reused by retries."""

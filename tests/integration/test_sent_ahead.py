@@ -1,11 +1,14 @@
-"""A read step is sent while the write that starts it is still being made.
+"""A step is sent while the write that starts it is still being made.
 
 The worker records a step's result and starts the next step in one transaction. When that next
 step only reads the tenant (the investigation, the check, the verification), its commands go out
-as soon as the decision is made, so the tenant works while the database commits. These tests hold
-the database back at that moment (a lock the write must wait for) and look at the tenant: the
-reads arrived while the write waited, each was sent once, and nothing that changes the tenant
-went ahead of its write.
+as soon as the decision is made, so the tenant works while the database commits. When it makes a
+change that is the same however often it is made (the sign-out, the containment), it goes out once
+the write holds the case's row. These tests hold the database back at those moments (a lock the
+write must wait for) and look at the tenant: the reads arrived while the write waited, each was
+sent once; the sign-out went out only once the write held the row and before it committed; the
+reset's and the unblock's commands never went ahead of their writes; a cancel stops what the
+write it beat would have sent.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -84,6 +88,38 @@ async def _running(stack: Stack, case_id: str, step: str, timeout: float = 10.0)
         await asyncio.sleep(0.02)
 
 
+@asynccontextmanager
+async def _events_held(database_url: str) -> AsyncIterator[None]:
+    """PostgreSQL: hold back inserts into the timeline (the last statements of a step boundary's
+    transaction), but not the case's row: a write gets past its compare-and-set, then waits."""
+    engine = create_engine(sync_url(database_url), poolclass=NullPool)
+    taken, release = threading.Event(), threading.Event()
+    failure: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("LOCK TABLE case_events IN EXCLUSIVE MODE"))
+                taken.set()
+                release.wait(30)
+                connection.rollback()
+        except BaseException as error:
+            failure.append(error)
+            taken.set()
+
+    holder = threading.Thread(target=hold, name="events-holder")
+    holder.start()
+    await asyncio.to_thread(taken.wait, 10)
+    try:
+        if failure:
+            raise failure[0]
+        yield
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 10)
+        engine.dispose()
+
+
 def _step(case: dict[str, Any], name: str) -> str:
     return str(next(s["status"] for s in case["steps"] if s["name"] == name))
 
@@ -143,6 +179,59 @@ async def test_a_read_sent_for_a_write_that_lost_is_dropped(database_url: str, s
         # No check of laura's address (the tenant reader's reads of the whole list name none).
         assert [c for c in stack.calls("Get-BlockedSenderAddress") if c["parameters"].get("SenderAddress")] == []
         assert stack.calls("Remove-BlockedSenderAddress") == []
+
+
+async def test_the_sign_out_waits_for_the_case_s_row(database_url: str, sandbox: SandboxServer) -> None:
+    """The reset's result and the revoke's start are one transaction: while another holds the case,
+    that write cannot win it, and no revoke is sent."""
+    sandbox.tenant.configure({"latency_ms": {"Update-MgUser": 600}})
+    async with running_stack(database_url, sandbox) as stack:
+        case_id = (await stack.open("laura@contoso.com"))["id"]
+        await _running(stack, case_id, "reset_password")
+        async with _writes_held(database_url, case_id):
+            await asyncio.sleep(1.0)  # the reset has answered; its result waits for the row
+            assert stack.calls("Revoke-MgUserSignInSession") == []
+        case = await stack.wait_for(case_id)
+        assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
+        assert len(stack.calls("Revoke-MgUserSignInSession")) == 1
+
+
+async def test_the_sign_out_goes_out_before_its_write_commits(database_url: str, sandbox: SandboxServer) -> None:
+    """Once the write holds the case's row (its compare-and-set won) the revoke goes out, while the
+    rest of the transaction is still being written."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("needs PostgreSQL (UNBLOCK_TEST_DATABASE_URL): SQLite locks the whole database, not a table")
+    sandbox.tenant.configure({"latency_ms": {"Update-MgUser": 600}})
+    async with running_stack(database_url, sandbox) as stack:
+        case_id = (await stack.open("rob@contoso.com"))["id"]
+        await _running(stack, case_id, "reset_password")
+        async with _events_held(database_url):
+            # The write holds rob's row and waits to insert its timeline: the revoke is out already.
+            await until(lambda: stack.calls("Revoke-MgUserSignInSession"), "the revoke", 10)
+            held = await stack.get(case_id)  # the case as committed: the reset still running
+            assert (_step(held, "reset_password"), _step(held, "revoke_sessions")) == ("running", "pending")
+        case = await stack.wait_for(case_id)
+        assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
+        assert len(stack.calls("Revoke-MgUserSignInSession")) == 1
+        assert _step(case, "revoke_sessions") == "succeeded"
+
+
+async def test_a_cancel_during_the_reset_stops_the_sign_out(database_url: str, sandbox: SandboxServer) -> None:
+    """Cancelled while the reset ran: the cancel's write wins the case's row, so the reset's result is
+    kept as a late one and the revoke it would have started is never sent."""
+    sandbox.tenant.configure({"latency_ms": {"Update-MgUser": 600}})
+    async with running_stack(database_url, sandbox) as stack:
+        case_id = (await stack.open("laura@contoso.com"))["id"]
+        await _running(stack, case_id, "reset_password")
+        response = await stack.client.post(f"/v1/cases/{case_id}/cancel")
+        assert response.status_code == 200, response.text
+        await stack.wait_for(case_id, "cancelled")
+        await asyncio.sleep(1.0)  # the reset answers now; anything the worker still does happens now
+        case = await stack.get(case_id)
+        assert _step(case, "reset_password") == "succeeded"
+        assert _step(case, "revoke_sessions") == "skipped"
+        assert len(stack.calls("Update-MgUser")) == 1
+        assert stack.calls("Revoke-MgUserSignInSession") == []
 
 
 def _assert_each_read_once(stack: Stack) -> None:
