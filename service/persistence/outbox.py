@@ -8,8 +8,9 @@ that rolled back. Delivery happens later, from these rows (:mod:`service.notific
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import insert, select, text
 from sqlmodel import SQLModel
@@ -27,6 +28,9 @@ _LIVE_SUBSCRIPTIONS = select(_SUBSCRIPTIONS.c.id, _SUBSCRIPTIONS.c.events, _SUBS
 )
 
 _INSERT_EVENT = insert(_EVENTS).returning(_EVENTS.c.id)
+# Keys in a session's ``info``: what this transaction already read or sent (see _subscriptions).
+_SUBSCRIPTIONS_READ = "outbox.subscriptions"
+_DISPATCHERS_WOKEN = "outbox.dispatchers_woken"
 
 
 def timestamp(value: datetime) -> str:
@@ -55,8 +59,11 @@ async def emit(
     payload = {"type": type, "timestamp": timestamp(at), "data": data}
     row = {"type": type, "case_id": case_id, "occurred_at": at, "payload": payload}
     event_id = int((await connection.execute(_INSERT_EVENT, row)).scalar_one())
-    subscriptions = (await connection.execute(_LIVE_SUBSCRIPTIONS)).all()
-    wanted = [s.id for s in subscriptions if (type in s.events or "*" in s.events) and visible(tenant, s.tenants)]
+    wanted = [
+        s.id
+        for s in await _subscriptions(session)
+        if (type in s.events or "*" in s.events) and visible(tenant, s.tenants)
+    ]
     if wanted:
         await connection.execute(
             insert(_DELIVERIES),
@@ -77,8 +84,27 @@ async def emit(
     return event_id
 
 
-async def notify_deliveries(session: AsyncSession) -> None:
-    """Wake every process's webhook dispatcher when this transaction commits (PostgreSQL)."""
+async def _subscriptions(session: AsyncSession) -> Sequence[Any]:
+    """The live subscriptions, read once per transaction: a change that reports two events (a case
+    resolved: its state changed, and it was resolved) fans both out to the same list."""
+    transaction = session.sync_session.get_transaction()
+    cached = session.info.get(_SUBSCRIPTIONS_READ)
+    if cached is not None and cached[0] is transaction:
+        return cast("Sequence[Any]", cached[1])
     connection = await session.connection()
-    if connection.dialect.name == "postgresql":
-        await connection.execute(text("SELECT pg_notify(:c, '')"), {"c": WEBHOOK_CHANNEL})
+    subscriptions = (await connection.execute(_LIVE_SUBSCRIPTIONS)).all()
+    session.info[_SUBSCRIPTIONS_READ] = (transaction, subscriptions)
+    return subscriptions
+
+
+async def notify_deliveries(session: AsyncSession) -> None:
+    """Wake every process's webhook dispatcher when this transaction commits (PostgreSQL); once a
+    transaction however many deliveries it adds (PostgreSQL folds equal notifications anyway)."""
+    connection = await session.connection()
+    if connection.dialect.name != "postgresql":
+        return
+    transaction = session.sync_session.get_transaction()
+    if session.info.get(_DISPATCHERS_WOKEN) is transaction:
+        return
+    await connection.execute(text("SELECT pg_notify(:c, '')"), {"c": WEBHOOK_CHANNEL})
+    session.info[_DISPATCHERS_WOKEN] = transaction
