@@ -65,7 +65,9 @@ NOT_READY: dict[int | str, dict[str, Any]] = {409: problem_doc("the password res
     status_code=201,
     summary="Open a case",
     description=(
-        "Opens an unblock case for one restricted mailbox and starts it at once. Requires `cases:write`.\n\n"
+        "Opens an unblock case for one restricted mailbox and starts it at once. Requires `cases:write`. "
+        "The answer is the case as committed: `securing_account` with its password reset running when the "
+        "worker in the serving process took it in the same transaction, otherwise `received`.\n\n"
         "Send an `Idempotency-Key` to make retries safe: the same key with the same body replays the original "
         "response; the same key with another body is 422. A mailbox that already has an open case is 409 "
         "with its `case_id`."
