@@ -94,6 +94,9 @@ class Reservation(Protocol):
         """The worker's start of the case's first step, decided on the case as inserted and written
         in the creating transaction; None leaves the start to the worker (as for a claimed case)."""
 
+    def forget(self) -> None:
+        """Drop what the start kept for the worker (the reset's password): the case went elsewhere."""
+
 
 class LocalWorker(Protocol):
     """The worker running in this process, as intake sees it: a new case can be created already held
@@ -104,8 +107,8 @@ class LocalWorker(Protocol):
     def reserve(self, now: datetime) -> Reservation | None:
         """Room for one more case; None when the worker is full or stopping."""
 
-    def unreserve(self) -> None:
-        """The reserved case was not created (or not with the lease)."""
+    def unreserve(self, reservation: Reservation) -> None:
+        """The reserved case was not created (or not with the lease): forget ``reservation``."""
 
     def take(self, claim: Claim, reservation: Reservation) -> None:
         """Run a case created with ``reservation``."""

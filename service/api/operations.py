@@ -9,7 +9,7 @@ from typing import Any
 from service.api.schemas import CaseCreate
 from service.domain.findings import Containment
 from service.domain.plan import RequestedActions
-from service.domain.tenancy import TenantDomains, route, visible
+from service.domain.tenancy import TenantDomains, accepted_by, route, visible
 from service.errors import Forbidden, InvalidInput
 from service.logging import get_logger
 from service.persistence import cases, tenants
@@ -69,7 +69,8 @@ async def open_case(
         )
         if (earlier := await cases.replay(runtime.db, idempotency)) is not None:
             return earlier
-    tenant = route(body.mailbox, await intake_tenants(runtime), requested=body.tenant)
+    known = await intake_tenants(runtime)
+    tenant = route(body.mailbox, known, requested=body.tenant)
     if not visible(tenant, scope):
         raise Forbidden(
             f"this credential may open cases only for {', '.join(scope or ())}"
@@ -104,17 +105,19 @@ async def open_case(
             render=render,
             idempotency=idempotency,
             lease=reservation.lease if reservation is not None else None,
-            then=reservation.start if reservation is not None else None,
+            # The first step starts here only for a mailbox whose domain is known to be the tenant's:
+            # otherwise the worker checks it first, and no password is sealed for a foreign mailbox.
+            then=reservation.start if reservation is not None and accepted_by(body.mailbox, tenant, known) else None,
         )
     except BaseException:
         if local is not None and reservation is not None:
-            local.unreserve()
+            local.unreserve(reservation)
         raise
     if local is not None and reservation is not None:
         if stored.claimed is not None:
             local.take(stored.claimed, reservation)  # this process's worker goes on with it now
         else:
-            local.unreserve()  # a replay: nothing was created
+            local.unreserve(reservation)  # a replay: nothing was created
     if not stored.replayed:
         if stored.claimed is None:
             runtime.work.notify()

@@ -86,6 +86,14 @@ def route(mailbox: str, tenants: Sequence[TenantDomains], *, requested: str | No
     )
 
 
+def accepted_by(mailbox: str, tenant: str | None, tenants: Sequence[TenantDomains]) -> bool:
+    """Whether ``tenant``'s accepted domains, as known, hold the mailbox's domain: False while they
+    are not known (``route`` may still have chosen it: the only tenant, or the one the caller named)."""
+    domain = mailbox.rsplit("@", 1)[1].lower()
+    chosen = next((t for t in tenants if t.name == tenant), None)
+    return chosen is not None and chosen.domains is not None and domain in chosen.domains
+
+
 def visible(tenant: str | None, scope: Iterable[str] | None) -> bool:
     """Whether a principal limited to ``scope`` tenants (None: all) may see something of ``tenant``.
 

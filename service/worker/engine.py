@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -64,7 +65,17 @@ class SentAhead:
     task: asyncio.Task[StepOutcome]
 
     def drop(self) -> None:
-        """Let it finish unheard: its answer (or failure) is read only so nothing reports it as lost."""
+        """Let it finish unheard: its answer (or failure) is read only so nothing reports it as lost.
+
+        A read dropped is only wasted. An effect dropped (the write that started it did not commit,
+        and what was written instead does not start it: a cancel or another worker came between
+        during a database outage) may have changed the tenant with no step recording it; the log
+        says so, with its outcome, at warning level.
+        """
+        if self.step in rules.EARLY_EFFECTS:
+            self.task.add_done_callback(functools.partial(_unrecorded, self.step))
+            log.warning("sent_ahead_effect_dropped", step=self.step.value)
+            return
         self.task.add_done_callback(_unheard)
         log.info("sent_ahead_dropped", step=self.step.value)
 
@@ -85,8 +96,9 @@ class Opening:
 
     Its first step is started in the transaction that creates the case, as the worker would start
     it (:meth:`Engine._starting`; the reset's password generated and sealed first), so the first
-    command waits for one commit, not two. A case intake could not place in a tenant is left to
-    the worker, which places it and checks its domain before anything is sealed or sent.
+    command waits for one commit, not two. Intake asks for this only when it placed the case by
+    the tenant's known accepted domains (:func:`service.domain.tenancy.accepted_by`); any other case
+    is left to the worker, which places it and checks its domain before anything is sealed or sent.
     """
 
     engine: Engine
@@ -105,6 +117,22 @@ class Opening:
         if change is not None:
             self.step, self.password = step, password
         return change
+
+    def forget(self) -> None:
+        self.step, self.password = None, None
+
+
+def _unrecorded(step: StepName, task: asyncio.Task[StepOutcome]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        _unheard(task)
+        return
+    result = task.result().result
+    log.warning(
+        "sent_ahead_effect_unrecorded",
+        step=step.value,
+        outcome="failed" if isinstance(result, rules.Failed) else "succeeded",
+        error_class=result.code if isinstance(result, rules.Failed) else None,
+    )
 
 
 #: What a step left for the next: the case as recorded, whether that write started the next step,
@@ -522,19 +550,24 @@ class Engine:
                     ahead = self._send_ahead(case, following, *reads)
             return change
 
-        written = await self._durably(
-            lambda: change_case(
-                self.runtime.db,
-                case_id=started.id,
-                build=build,
-                now=now,
-                lease_owner=self.worker_id,
-                known=started,
-                then=then,
-                along=along,
-                decided=decided,
+        try:
+            written = await self._durably(
+                lambda: change_case(
+                    self.runtime.db,
+                    case_id=started.id,
+                    build=build,
+                    now=now,
+                    lease_owner=self.worker_id,
+                    known=started,
+                    then=then,
+                    along=along,
+                    decided=decided,
+                )
             )
-        )
+        except BaseException:
+            if ahead is not None:  # sent, and nobody will hear its answer now
+                ahead.drop()
+            raise
         if ahead is not None and (written is None or written.then is None):
             ahead.drop()
             ahead = None

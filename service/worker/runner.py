@@ -144,12 +144,14 @@ class Worker:
         self._reserved += 1
         return self.engine.opening(Lease(owner=self.worker_id, until=now + timedelta(seconds=self.lease)), now)
 
-    def unreserve(self) -> None:
+    def unreserve(self, reservation: Reservation) -> None:
         self._reserved -= 1
+        reservation.forget()
 
     def take(self, claim: Claim, reservation: Reservation) -> None:
         self._reserved -= 1
         if self._stopping.is_set():  # held by us, but we are going: let another worker have it at once
+            reservation.forget()  # it starts the step again, with the password stored with it
             release = cases.release_lease(self.runtime.db, case_id=claim.case_id, worker_id=self.worker_id)
             task = asyncio.get_running_loop().create_task(release)
             self.runtime.background.add(task)

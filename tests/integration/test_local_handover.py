@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from datetime import timedelta
 
 import pytest
 
 from service.domain.plan import Actions
+from service.domain.tenancy import TenantDomains
 from service.logging import configure as configure_logging
 from service.persistence import cases, snapshots
 from service.persistence.db import Database
@@ -83,15 +85,15 @@ async def test_a_full_worker_leaves_the_case_to_the_claim(database_url: str, san
         worker = _worker(stack.runtime.local_worker)
         now = utc_now()
         held = []
-        while (lease := worker.reserve(now)) is not None:
-            held.append(lease)
+        while (reservation := worker.reserve(now)) is not None:
+            held.append(reservation)
         assert len(held) == worker.concurrency
         case = await stack.open("rob@contoso.com")
         row = await snapshots.get_case(stack.runtime.db, case_id=case["id"])
         assert row.lease_owner is None  # nobody holds it: the worker had no room
         assert case["id"] not in worker._inflight
-        for _ in held:
-            worker.unreserve()
+        for reservation in held:
+            worker.unreserve(reservation)
         stack.runtime.work.notify()
         assert (await stack.wait_for(case["id"]))["outcome"] == "unblocked"  # claimed once there was room
 
@@ -175,3 +177,22 @@ async def test_a_reset_started_by_a_create_whose_process_died_is_sent_by_the_nex
         assert len(resets) == 1
         sent = resets[0]["parameters"]["PasswordProfile"]["Password"]["sha256"]
         assert sent == hashlib.sha256(opening.password.encode()).hexdigest()
+
+
+async def test_a_mailbox_intake_cannot_check_is_left_to_the_worker(database_url: str, sandbox: SandboxServer) -> None:
+    """While intake does not know the tenant's accepted domains (the only tenant, not read yet), it
+    starts nothing itself: the case comes back `received`, and the worker checks the domain before
+    anything is sealed or sent. A foreign mailbox then fails with no password ever stored."""
+    async with running_stack(database_url, sandbox) as stack:
+        unknown = (TenantDomains("default", True, None),)
+        stack.runtime.tenant_cache = (time.monotonic() + 3600, unknown)  # what intake knows: nothing yet
+        case = await stack.open("rob@contoso.com")
+        assert (case["state"], case["version"]) == ("received", 1)
+        assert (await stack.wait_for(case["id"]))["outcome"] == "unblocked"
+
+        foreign = await stack.open("eve@fabrikam.example")
+        assert foreign["state"] == "received"
+        done = await stack.wait_for(foreign["id"])
+        assert (done["state"], done["last_error"]["code"]) == ("failed", "foreign_mailbox")
+        assert done["credential"] is None
+        assert not [c for c in stack.calls("Update-MgUser") if "eve@" in json.dumps(c["parameters"])]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.domain.tenancy import TenantDomains, check_name, route, visible
+from service.domain.tenancy import TenantDomains, accepted_by, check_name, route, visible
 from service.errors import AmbiguousTenant, ForeignMailbox, InvalidInput, UnknownTenant
 
 CONTOSO = TenantDomains("default", True, ("contoso.com", "contoso.onmicrosoft.com"))
@@ -60,3 +60,18 @@ def test_visibility() -> None:
     assert visible("fabrikam", ["fabrikam"])
     assert not visible("default", ["fabrikam"])
     assert not visible(None, ["fabrikam"])
+
+
+def test_accepted_by_needs_the_tenant_s_domains_known() -> None:
+    """Intake starts a case's reset in its own transaction only for a mailbox whose domain the
+    routed tenant is known to accept: not for the only tenant, nor a named one, whose domains are
+    not read yet (the worker checks those before anything is sealed or sent)."""
+    known = [TenantDomains("a", True, ("contoso.com",)), TenantDomains("b", True, None)]
+    assert accepted_by("rob@Contoso.com", "a", known)
+    assert not accepted_by("rob@fabrikam.com", "a", known)
+    assert not accepted_by("rob@contoso.com", "b", known)  # b's domains are not read yet
+    assert not accepted_by("rob@contoso.com", None, known)
+    assert not accepted_by("rob@contoso.com", "gone", known)
+    only = [TenantDomains("default", True, None)]
+    assert route("rob@contoso.com", only) == "default"  # routed, yet not known to accept it
+    assert not accepted_by("rob@contoso.com", "default", only)
