@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import String, bindparam, func
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
@@ -142,25 +142,15 @@ async def change_case(
             if decided is not None:
                 decided(case, change)
             # With ``then``, both changes' timeline rows go in one INSERT at the end, in order.
-            timeline: list[TimelineEvent] | None = [] if then is not None else None
+            timeline: list[TimelineEvent] = []
             written = await write_change(
-                session,
-                case,
-                change,
-                now=now,
-                signer=signer,
-                lease_owner=lease_owner,
-                store=then is None,
-                timeline=timeline,
+                session, case, change, now=now, signer=signer, lease_owner=lease_owner, timeline=timeline
             )
             if written is None:
                 continue
             if along is not None:
                 await along(session)
-            if then is None:
-                await notify_change(session, case_id, workers=change.notify)
-                return written
-            follow = then(written.case)
+            follow = then(written.case) if then is not None else None
             followed = None
             if follow is not None:
                 followed = await write_change(
@@ -168,10 +158,9 @@ async def change_case(
                 )
                 if followed is None:  # cannot happen while the first change holds the row; never half-write
                     raise AssertionError(f"case {case_id} changed inside the transaction that changed it")
-            else:
-                await store_document(session, written.case)
-            await insert_events(session, case_id=case_id, at=now, events=timeline or ())
-            await notify_change(session, case_id, workers=change.notify or (follow is not None and follow.notify))
+            final = followed.case if followed is not None else written.case
+            workers = change.notify or (follow is not None and follow.notify)
+            await finish_write(session, final, at=now, events=timeline, workers=workers)
             return Written(written.case, written.change, written.secret, then=followed)
     log.error("case_kept_changing", case_id=case_id, attempts=CAS_ATTEMPTS)
     raise ConcurrentUpdate(f"case {case_id} changed {CAS_ATTEMPTS} times while this change was being made; try again")
@@ -185,16 +174,14 @@ async def write_change(
     now: datetime,
     signer: AuditSigner | None,
     lease_owner: str | None,
-    store: bool = True,
-    timeline: list[TimelineEvent] | None = None,
+    timeline: list[TimelineEvent],
 ) -> Written | None:
     """Write ``change`` to ``case`` in the caller's transaction; None if the compare-and-set lost.
 
-    ``store``: keep the case's document with this version (False only when the caller writes
-    another change in the same transaction and stores the document after that). ``timeline``:
-    the change's timeline events are added to it, for the caller to insert with another change's
-    (:func:`insert_events`, before the transaction ends), instead of inserted here. Other processes
-    are told of the change by the caller, once per transaction (:func:`notify_change`).
+    The change's timeline events are added to ``timeline``. The caller ends the transaction's
+    writing with :func:`finish_write`, once per transaction however many changes it made: the
+    timeline rows in one INSERT, the case's document as the last change left it, and the word to
+    other processes.
     """
     if change.before in TERMINAL_STATES and change.after not in TERMINAL_STATES:
         other = await open_case_in(session, mailbox=case.mailbox, other_than=case.id)
@@ -209,10 +196,7 @@ async def write_change(
     # The case as written, from what the statements returned: no read back.
     after = snapshot_from(row, steps, credential)
     events = change.events if moved else tuple(e for e in change.events if e.type not in _CREDENTIAL_EVENTS)
-    if timeline is not None:
-        timeline.extend(events)
-    else:
-        await insert_events(session, case_id=case.id, at=now, events=events)
+    timeline.extend(events)
     if change.audit is not None:
         if signer is None:
             raise AssertionError("a change with an audit note needs the audit signer")
@@ -225,20 +209,36 @@ async def write_change(
             target=case.id,
             detail=change.audit.detail,
         )
-    if store:
-        await store_document(session, after)
     await _emit_webhooks(session, after, change, events, now)
     return Written(after, change, secret)
 
 
-async def store_document(session: AsyncSession, case: CaseSnapshot) -> None:
-    """Keep the case's served JSON with its version, in the transaction that made the version.
+async def finish_write(
+    session: AsyncSession, case: CaseSnapshot, *, at: datetime, events: Iterable[TimelineEvent], workers: bool
+) -> None:
+    """The end of every write of a case, once per transaction: its timeline rows, its document, the word.
 
-    Every write of a case passes here (or through insert_case / assign_tenant, which call it), so
-    the stored document is never older than the rows it is rendered from; reads serve it as is.
+    The document is the case's served JSON as the transaction leaves it (``case``), kept with its
+    version in the transaction that made the version: every write of a case passes here, so the
+    stored document is never older than the rows it is rendered from, and reads serve it as is.
+
+    On PostgreSQL the same statement tells the other processes' live views that the case changed
+    (and, with ``workers``, wakes the workers too) when the transaction commits: ``pg_notify`` in
+    the UPDATE's RETURNING, one round trip for both. The payload names this process
+    (:data:`PROCESS_TAG`), whose own views are told in-process. Elsewhere views poll.
     """
+    await insert_events(session, case_id=case.id, at=at, events=events)
     connection = await session.connection()
-    await connection.execute(_STORE_DOCUMENT, {"w_id": case.id, "v_document": render_document(case_document(case))})
+    params: dict[str, Any] = {"w_id": case.id, "v_document": render_document(case_document(case))}
+    if connection.dialect.name != "postgresql":
+        await connection.execute(_STORE_DOCUMENT, params)
+        return
+    params.update(cases=CASE_CHANNEL, change=f"{case.id} {PROCESS_TAG}")
+    if workers:
+        params.update(work=NOTIFY_CHANNEL, case_id=case.id)
+        await connection.execute(_STORE_DOCUMENT_WAKING_ALL, params)
+    else:
+        await connection.execute(_STORE_DOCUMENT_WAKING_VIEWS, params)
 
 
 # The statements of a step boundary are built once per shape (which columns a change sets) and
@@ -249,6 +249,10 @@ _STORE_DOCUMENT = (
     .where(CASES.c.id == bindparam("w_id"))
     .values(document=bindparam("v_document", type_=CASES.c.document.type))
 )
+_VIEWS_TOLD = func.pg_notify(bindparam("cases", type_=String), bindparam("change", type_=String))
+_WORKERS_WOKEN = func.pg_notify(bindparam("work", type_=String), bindparam("case_id", type_=String))
+_STORE_DOCUMENT_WAKING_VIEWS = _STORE_DOCUMENT.returning(_VIEWS_TOLD)
+_STORE_DOCUMENT_WAKING_ALL = _STORE_DOCUMENT.returning(_VIEWS_TOLD, _WORKERS_WOKEN)
 
 
 @functools.cache
@@ -490,27 +494,6 @@ async def _emit_webhooks(
         )
 
 
-async def notify_change(session: AsyncSession, case_id: str, *, workers: bool) -> None:
-    """Tell the other processes' live views that ``case_id`` changed (and, with ``workers``, wake the
-    workers too) when this transaction commits: one statement (PostgreSQL; elsewhere views poll).
-
-    The payload names this process (:data:`PROCESS_TAG`), whose own views were told in-process.
-    """
-    connection = await session.connection()
-    if connection.dialect.name != "postgresql":
-        return
-    change = f"{case_id} {PROCESS_TAG}"
-    if workers:
-        values = {"cases": CASE_CHANNEL, "change": change, "work": NOTIFY_CHANNEL, "case_id": case_id}
-        await connection.execute(_NOTIFY_BOTH, values)
-    else:
-        await connection.execute(_NOTIFY_VIEWS, {"cases": CASE_CHANNEL, "change": change})
-
-
-_NOTIFY_BOTH = text("SELECT pg_notify(:cases, :change), pg_notify(:work, :case_id)")
-_NOTIFY_VIEWS = text("SELECT pg_notify(:cases, :change)")
-
-
 @dataclass(frozen=True, slots=True)
 class NewCase:
     mailbox: str
@@ -626,16 +609,13 @@ async def insert_case(
             now=now,
             signer=None,
             lease_owner=lease.owner if lease else None,
-            store=False,
             timeline=timeline,
         )
         if started is None:  # nobody else can see the case before this transaction commits
             raise AssertionError(f"case {case.id} changed inside the transaction that created it")
         snapshot = started.case
-    await insert_events(session, case_id=case.id, at=now, events=timeline)
-    await store_document(session, snapshot)
     # A case created held by a worker is that worker's: the other workers need not look.
-    await notify_change(session, case.id, workers=lease is None)
+    await finish_write(session, snapshot, at=now, events=timeline, workers=lease is None)
     return snapshot
 
 
@@ -653,7 +633,6 @@ async def assign_tenant(db: Database, *, case_id: str, tenant: str, now: datetim
         )
         if result.rowcount != 1:
             return False
-        await insert_events(session, case_id=case_id, at=now, events=(tenant_assigned(tenant),))
-        await store_document(session, await read_in(session, case_id))
-        await notify_change(session, case_id, workers=False)
+        case = await read_in(session, case_id)
+        await finish_write(session, case, at=now, events=(tenant_assigned(tenant),), workers=False)
     return True

@@ -31,6 +31,19 @@ from service.worker.runner import Worker
 from tests.stack import running_stack
 
 
+def _new_case(mailbox: str, *, tenant: str | None = None) -> NewCase:
+    """A case as a plain request asks for it: every action, no ticket, no approval."""
+    return NewCase(
+        mailbox=mailbox,
+        ticket_ref=None,
+        requested_by=None,
+        note=None,
+        actions=Actions(),
+        require_approval=False,
+        tenant=tenant,
+    )
+
+
 def _worker(local: object) -> Worker:
     assert isinstance(local, Worker)
     return local
@@ -110,14 +123,7 @@ async def test_a_case_created_with_a_lease_is_not_claimable_by_others(database_u
     db = Database(database_url)
     try:
         now = utc_now()
-        new = NewCase(
-            mailbox="rob@contoso.com",
-            ticket_ref=None,
-            requested_by=None,
-            note=None,
-            actions=Actions(),
-            require_approval=False,
-        )
+        new = _new_case("rob@contoso.com")
         stored = await cases.create_case(
             db,
             new=new,
@@ -150,15 +156,7 @@ async def test_a_reset_started_by_a_create_whose_process_died_is_sent_by_the_nex
         opening = gone.opening(Lease(owner=gone.worker_id, until=long_ago), long_ago)
         stored = await cases.create_case(
             runtime.db,
-            new=NewCase(
-                mailbox="rob@contoso.com",
-                ticket_ref=None,
-                requested_by=None,
-                note=None,
-                actions=Actions(),
-                require_approval=False,
-                tenant="default",
-            ),
+            new=_new_case("rob@contoso.com", tenant="default"),
             actor="test",
             now=long_ago,
             render=lambda case: ({"id": case.id}, f"/v1/cases/{case.id}"),

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from service.persistence.db import sync_url
@@ -42,10 +42,9 @@ _INVESTIGATION = {
 
 
 @asynccontextmanager
-async def _writes_held(database_url: str, case_id: str) -> AsyncIterator[None]:
-    """Hold back every write of the case until the block ends (PostgreSQL: its row; SQLite: the
-    database's write lock), from a thread of its own: the service runs on this event loop, which
-    must go on while the lock is taken and held."""
+async def _held(database_url: str, take: Callable[[Connection], object]) -> AsyncIterator[None]:
+    """Hold a lock (``take`` runs on a connection of its own) until the block ends, from a thread of
+    its own: the service runs on this event loop, which must go on while the lock is taken and held."""
     engine = create_engine(sync_url(database_url), poolclass=NullPool)
     taken, release = threading.Event(), threading.Event()
     failure: list[BaseException] = []
@@ -53,20 +52,18 @@ async def _writes_held(database_url: str, case_id: str) -> AsyncIterator[None]:
     def hold() -> None:
         try:
             with engine.connect() as connection:
-                if connection.dialect.name == "postgresql":
-                    connection.execute(text("SELECT 1 FROM cases WHERE id = :id FOR UPDATE"), {"id": case_id})
-                else:
-                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                take(connection)
                 taken.set()
                 release.wait(30)
-                connection.rollback() if connection.dialect.name == "postgresql" else connection.exec_driver_sql(
-                    "ROLLBACK"
-                )
+                if connection.dialect.name == "postgresql":
+                    connection.rollback()
+                else:
+                    connection.exec_driver_sql("ROLLBACK")
         except BaseException as error:
             failure.append(error)
             taken.set()
 
-    holder = threading.Thread(target=hold, name="write-holder")
+    holder = threading.Thread(target=hold, name="lock-holder")
     holder.start()
     await asyncio.to_thread(taken.wait, 10)
     try:
@@ -77,6 +74,24 @@ async def _writes_held(database_url: str, case_id: str) -> AsyncIterator[None]:
         release.set()
         await asyncio.to_thread(holder.join, 10)
         engine.dispose()
+
+
+def _writes_held(database_url: str, case_id: str) -> AbstractAsyncContextManager[None]:
+    """Hold back every write of the case (PostgreSQL: its row; SQLite: the database's write lock)."""
+
+    def take(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT 1 FROM cases WHERE id = :id FOR UPDATE"), {"id": case_id})
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return _held(database_url, take)
+
+
+def _events_held(database_url: str) -> AbstractAsyncContextManager[None]:
+    """PostgreSQL: hold back inserts into the timeline (the last statements of a step boundary's
+    transaction), but not the case's row: a write gets past its compare-and-set, then waits."""
+    return _held(database_url, lambda connection: connection.execute(text("LOCK TABLE case_events IN EXCLUSIVE MODE")))
 
 
 async def _running(stack: Stack, case_id: str, step: str, timeout: float = 10.0) -> None:
@@ -86,38 +101,6 @@ async def _running(stack: Stack, case_id: str, step: str, timeout: float = 10.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"{step} did not start in time")
         await asyncio.sleep(0.02)
-
-
-@asynccontextmanager
-async def _events_held(database_url: str) -> AsyncIterator[None]:
-    """PostgreSQL: hold back inserts into the timeline (the last statements of a step boundary's
-    transaction), but not the case's row: a write gets past its compare-and-set, then waits."""
-    engine = create_engine(sync_url(database_url), poolclass=NullPool)
-    taken, release = threading.Event(), threading.Event()
-    failure: list[BaseException] = []
-
-    def hold() -> None:
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("LOCK TABLE case_events IN EXCLUSIVE MODE"))
-                taken.set()
-                release.wait(30)
-                connection.rollback()
-        except BaseException as error:
-            failure.append(error)
-            taken.set()
-
-    holder = threading.Thread(target=hold, name="events-holder")
-    holder.start()
-    await asyncio.to_thread(taken.wait, 10)
-    try:
-        if failure:
-            raise failure[0]
-        yield
-    finally:
-        release.set()
-        await asyncio.to_thread(holder.join, 10)
-        engine.dispose()
 
 
 def _step(case: dict[str, Any], name: str) -> str:
