@@ -7,7 +7,8 @@ database and the sandbox. Nothing here holds logic: it is the wiring diagram.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -67,20 +68,45 @@ class CaseEvents:
         for listener in self.listeners:
             listener(case_id)
 
-    async def wait(self, case_id: str, seconds: float) -> bool:
-        event = asyncio.Event()
-        self._waiters.setdefault(case_id, set()).add(event)
+    @contextlib.contextmanager
+    def watch(self, case_id: str) -> Iterator[Watch]:
+        """News of ``case_id`` (``"*"``: of every case) for as long as the block runs.
+
+        A view reads, then sends what it read, then waits: a change published while it reads or
+        sends is kept for its next wait, which returns at once. A waiter made only when the view
+        starts waiting would miss it, and the view would sit until its next poll.
+        """
+        watch = Watch()
+        self._waiters.setdefault(case_id, set()).add(watch.woken)
         try:
-            await asyncio.wait_for(event.wait(), seconds)
-            return True
-        except TimeoutError:
-            return False
+            yield watch
         finally:
             waiters = self._waiters.get(case_id)
             if waiters is not None:
-                waiters.discard(event)
+                waiters.discard(watch.woken)
                 if not waiters:
                     del self._waiters[case_id]
+
+    async def wait(self, case_id: str, seconds: float) -> bool:
+        """Did ``case_id`` change within ``seconds`` from now?"""
+        with self.watch(case_id) as watch:
+            return await watch.next(seconds)
+
+
+@dataclass(slots=True)
+class Watch:
+    """One view's news of a case (:meth:`CaseEvents.watch`)."""
+
+    woken: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def next(self, seconds: float) -> bool:
+        """Has the case changed since the last call (or since the watch began)? Waits up to ``seconds``."""
+        try:
+            await asyncio.wait_for(self.woken.wait(), seconds)
+        except TimeoutError:
+            return False
+        self.woken.clear()
+        return True
 
 
 class Reservation(Protocol):

@@ -57,22 +57,24 @@ async def timeline(
 ) -> AsyncIterator[dict[str, Any]]:
     last = after
     opened = checked = time.monotonic()
-    while True:
-        now = time.monotonic()
-        if now - opened >= lifetime:
-            return  # reconnect with Last-Event-ID
-        if allowed is not None and now - checked >= recheck:
-            checked = now
-            if not await allowed():
+    # Watched from before the first read: a change made while the stream reads or sends is not lost.
+    with runtime.events.watch(case_id) as news:
+        while True:
+            now = time.monotonic()
+            if now - opened >= lifetime:
+                return  # reconnect with Last-Event-ID
+            if allowed is not None and now - checked >= recheck:
+                checked = now
+                if not await allowed():
+                    return
+            state, outcome, events = await snapshots.timeline_since(runtime.db, case_id=case_id, after_id=last)
+            for event in events:
+                last = event.id
+                yield {"id": str(event.id), "event": event.type, "data": json.dumps(event_document(event))}
+            if state in TERMINAL_STATES:
+                yield {"event": "end", "data": json.dumps({"state": state, "outcome": outcome})}
                 return
-        state, outcome, events = await snapshots.timeline_since(runtime.db, case_id=case_id, after_id=last)
-        for event in events:
-            last = event.id
-            yield {"id": str(event.id), "event": event.type, "data": json.dumps(event_document(event))}
-        if state in TERMINAL_STATES:
-            yield {"event": "end", "data": json.dumps({"state": state, "outcome": outcome})}
-            return
-        await runtime.events.wait(case_id, POLL_SECONDS)
+            await news.next(POLL_SECONDS)
 
 
 def stream(runtime: Runtime, case_id: str, after: int, allowed: StillAllowed) -> EventSourceResponse:

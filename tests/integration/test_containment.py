@@ -135,8 +135,13 @@ async def test_the_investigation_reads_in_two_rounds_on_a_pool_of_four(
         assert (case["state"], case["outcome"]) == ("resolved", "unblocked")
         starts = sorted(datetime.fromisoformat(c["at"]) for c in stack.calls() if c["cmdlet"] in _READS)
         assert len(starts) == 8
-        took = (starts[-1] - starts[0]).total_seconds() * 1000 + _READ_MS
-        assert took < 2.5 * _READ_MS, f"the reads took {took:.0f} ms"
+        # A read can start only once a runspace is free, at least one read's latency after the round
+        # before began: count the rounds by that, whatever else slows the machine down.
+        rounds = [starts[0]]
+        for start in starts:
+            if (start - rounds[-1]).total_seconds() * 1000 >= 0.9 * _READ_MS:
+                rounds.append(start)
+        assert len(rounds) == 2, f"the reads went out in {len(rounds)} rounds, at {starts}"
 
 
 async def test_report_records_and_changes_nothing_at_the_mailbox(database_url: str, sandbox: SandboxServer) -> None:

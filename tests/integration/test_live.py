@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import pytest
+
+from service.api import live
 from service.sandbox.server import SandboxServer
 from tests.stack import running_stack
 
@@ -138,3 +142,29 @@ async def test_a_crafted_last_event_id_is_ignored_not_a_500(database_url: str, s
             )
             assert response.status_code == 200, crafted
             assert parse_sse(response.text)[-1]["event"] == "end"
+
+
+async def test_a_change_made_while_the_stream_is_busy_is_not_missed(
+    database_url: str, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change published while the stream is sending (not yet waiting) wakes it all the same.
+
+    The stream is held at its first event (as a slow client holds it); the case is cancelled
+    meanwhile. With the poll pushed out of reach, the stream goes on at once only if it kept the
+    word of that change instead of starting to wait after it.
+    """
+    monkeypatch.setattr(live, "POLL_SECONDS", 60.0)
+    async with running_stack(database_url, sandbox, worker=False) as stack:
+        case_id = (await stack.open("rob@contoso.com"))["id"]
+        stream = live.timeline(stack.runtime, case_id, 0)
+        first = await anext(stream)
+        assert first["event"] == "case.created"
+        cancelled = await stack.client.post(f"/v1/cases/{case_id}/cancel", json={"reason": "test"})
+        assert cancelled.status_code == 200, cancelled.text
+
+        async def rest() -> list[str]:
+            return [event["event"] async for event in stream]
+
+        sent = await asyncio.wait_for(rest(), 10)
+        assert "case.cancelled" in sent
+        assert sent[-1] == "end"
