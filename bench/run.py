@@ -40,7 +40,10 @@ class Row:
 
     def markdown(self) -> str:
         mark = "" if self.met is None else ("yes" if self.met else "**no**")
-        number = f"{self.value:,.0f}" if abs(self.value) >= 100 else f"{self.value:.2f}"
+        if self.unit == "x":  # a ratio is judged against a goal in hundredths: show the third decimal
+            number = f"{self.value:.3f}"
+        else:
+            number = f"{self.value:,.0f}" if abs(self.value) >= 100 else f"{self.value:.2f}"
         return f"| {self.what} | {number} {self.unit} | {self.goal} | {mark} |"
 
 
