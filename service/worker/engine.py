@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -24,12 +23,12 @@ from service.domain import decide as rules
 from service.domain import timeline
 from service.domain.password import generate_password
 from service.domain.retry import RetryPolicy
-from service.domain.states import CaseState, StepName, StepStatus
+from service.domain.states import TERMINAL_STATES, CaseState, StepName, StepStatus
 from service.domain.tenancy import DEFAULT_TENANT, TenantDomains, route
 from service.domain.tenant import Restriction
 from service.domain.timeline import CaseChange, CredentialChange, CredentialMove
 from service.domain.transitions import apply
-from service.errors import BridgeError, ForeignMailbox, InvalidInput, TenantNotFound, Unavailable
+from service.errors import BridgeError, ConcurrentUpdate, ForeignMailbox, InvalidInput, TenantNotFound, Unavailable
 from service.logging import bound, get_logger, secret_in_flight
 from service.persistence import cases, tenant_facts, tenants, writer
 from service.persistence.records import CaseSnapshot, Claim, Lease
@@ -63,18 +62,20 @@ class SentAhead:
     attempt: int
     began: float  # the event loop's clock when it was sent
     task: asyncio.Task[StepOutcome]
+    #: For an effect: what keeps its result once it is dropped (:meth:`Engine._keep_dropped`).
+    keep: Callable[[SentAhead], None] | None = None
 
     def drop(self) -> None:
         """Let it finish unheard: its answer (or failure) is read only so nothing reports it as lost.
 
         A read dropped is only wasted. An effect dropped (the write that started it did not commit,
         and what was written instead does not start it: a cancel or another worker came between
-        during a database outage) may have changed the tenant with no step recording it; the log
-        says so, with its outcome, at warning level.
+        during a database outage) may have changed the tenant with no step recording it: ``keep``
+        records it on the case once it has answered, if nothing else will.
         """
-        if self.step in rules.EARLY_EFFECTS:
-            self.task.add_done_callback(functools.partial(_unrecorded, self.step))
+        if self.keep is not None:
             log.warning("sent_ahead_effect_dropped", step=self.step.value)
+            self.keep(self)
             return
         self.task.add_done_callback(_unheard)
         log.info("sent_ahead_dropped", step=self.step.value)
@@ -122,17 +123,12 @@ class Opening:
         self.step, self.password = None, None
 
 
-def _unrecorded(step: StepName, task: asyncio.Task[StepOutcome]) -> None:
-    if task.cancelled() or task.exception() is not None:
-        _unheard(task)
-        return
-    result = task.result().result
-    log.warning(
-        "sent_ahead_effect_unrecorded",
-        step=step.value,
-        outcome="failed" if isinstance(result, rules.Failed) else "succeeded",
-        error_class=result.code if isinstance(result, rules.Failed) else None,
-    )
+def _outcome_fields(outcome: StepOutcome) -> dict[str, str | None]:
+    """How an effect sent ahead ended, for the log lines about it."""
+    result = outcome.result
+    if isinstance(result, rules.Failed):
+        return {"outcome": "failed", "error_class": result.code}
+    return {"outcome": "succeeded", "error_class": None}
 
 
 #: What a step left for the next: the case as recorded, whether that write started the next step,
@@ -617,7 +613,59 @@ class Engine:
         with bound(step=step.value, attempt=attempt):  # the task's logs name its own step
             task = loop.create_task(perform(step, case, gateway, context), name=f"ahead-{step.value}")
             log.debug("sent_ahead")
-        return SentAhead(case.id, step, attempt, loop.time(), task)
+        keep = self._keep_dropped if step in rules.EARLY_EFFECTS else None
+        return SentAhead(case.id, step, attempt, loop.time(), task, keep)
+
+    def _keep_dropped(self, ahead: SentAhead) -> None:
+        """Record a dropped effect's result (:meth:`_record_dropped`) in the background: the worker
+        goes on, and the service waits for it on the way out as for its other bookkeeping writes."""
+        task = asyncio.get_running_loop().create_task(self._record_dropped(ahead), name=f"dropped-{ahead.step.value}")
+        self.runtime.background.add(task)
+        task.add_done_callback(self.runtime.background.discard)
+
+    async def _record_dropped(self, ahead: SentAhead) -> None:
+        """Once an effect sent ahead and then dropped has answered, keep its result on the case if
+        nothing else will: the case ended meanwhile (a person cancelled it while the write that
+        started the effect was being made again), so no worker runs the step again. It is written
+        as a step that finished after the case ended (:func:`service.domain.timeline.finished_late`),
+        as a reset answering after a cancel is. A case still open is left alone: whoever holds it
+        runs the step again, makes the same change, and records it.
+        """
+        step = ahead.step
+        try:
+            outcome = await ahead.task
+        except asyncio.CancelledError:
+            return  # the worker is stopping
+        except Exception as error:  # a fault of the step's own: nobody else awaits it to see it
+            log.error("sent_ahead_failed", error_class=type(error).__name__, exc_info=error)
+            return
+        result = outcome.result
+        failed = isinstance(result, rules.Failed)
+        now = self.now()
+        ttl = self.runtime.settings.credential_ttl
+
+        def build(case: CaseSnapshot) -> CaseChange | None:
+            if case.state not in TERMINAL_STATES or case.step(step).status is StepStatus.running:
+                return None
+            return timeline.finished_late(
+                state=case.state,
+                step=step,
+                status=StepStatus.failed if failed else StepStatus.succeeded,
+                error=result.as_error() if isinstance(result, rules.Failed) else None,
+                now=now,
+                ttl=ttl,
+            )
+
+        try:
+            written = await change_case(self.runtime.db, case_id=ahead.case_id, build=build, now=now)
+        except (Unavailable, ConcurrentUpdate) as error:
+            log.warning("sent_ahead_effect_unrecorded", step=step.value, reason=error.code, **_outcome_fields(outcome))
+            return
+        if written is None:
+            log.info("sent_ahead_effect_left_to_the_case", step=step.value, **_outcome_fields(outcome))
+            return
+        log.info("sent_ahead_effect_recorded", step=step.value, **_outcome_fields(outcome))
+        self.runtime.events.publish(ahead.case_id)
 
     async def _password_for(self, case: CaseSnapshot, step: StepName) -> tuple[str | None, SealedSecret | None]:
         """The reset's password: sealed and stored before the first attempt, reused by retries."""

@@ -24,8 +24,11 @@ import pytest
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
+from service.errors import Unavailable
+from service.persistence import writer
 from service.persistence.db import sync_url
 from service.sandbox.server import SandboxServer
+from service.worker import engine as engine_module
 from tests.helpers import until
 from tests.stack import Stack, running_stack
 
@@ -221,3 +224,53 @@ def _assert_each_read_once(stack: Stack) -> None:
     sent = {cmdlet: len(stack.calls(cmdlet)) for cmdlet in _INVESTIGATION}
     assert sent == _INVESTIGATION
     assert len(stack.calls("Remove-BlockedSenderAddress")) == 1
+
+
+async def test_a_sign_out_whose_write_was_lost_to_a_cancel_is_recorded_late(
+    database_url: str, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write that started the sign-out sent it, then failed to commit (the database went away);
+    before it was made again the case was cancelled. The sign-out did reach the tenant, and nothing
+    will run it again: once it has answered, its result goes on the cancelled case's timeline as a
+    step finished late, as a reset finishing after a cancel does."""
+    real = writer.change_case
+    lost: list[str] = []
+
+    async def commit_lost_once(db: Any, **kwargs: Any) -> Any:
+        then = kwargs.get("then")
+        if then is None or lost:
+            return await real(db, **kwargs)
+
+        def then_lost(case: Any) -> Any:
+            then(case)  # decided with the row held: the sign-out goes out here
+            raise Unavailable("the database went away before the commit")
+
+        lost.append(kwargs["case_id"])
+        try:
+            return await real(db, **{**kwargs, "then": then_lost})
+        except Unavailable:
+            # Before the worker writes again: a person cancels the case.
+            response = await stack.client.post(f"/v1/cases/{kwargs['case_id']}/cancel")
+            assert response.status_code == 200, response.text
+            raise
+
+    monkeypatch.setattr(engine_module, "change_case", commit_lost_once)
+    async with running_stack(database_url, sandbox) as stack:
+        case_id = (await stack.open("rob@contoso.com"))["id"]
+        await stack.wait_for(case_id, "cancelled")
+        await until(lambda: stack.calls("Revoke-MgUserSignInSession"), "the sign-out", 10)
+
+        async def late() -> list[dict[str, Any]]:
+            events = await stack.events(case_id)
+            return [e for e in events if e["type"] == "step.finished_late" and e["step"] == "revoke_sessions"]
+
+        deadline = time.monotonic() + 10
+        while not await late():
+            if time.monotonic() > deadline:
+                raise AssertionError("the sign-out's result was not recorded on the case")
+            await asyncio.sleep(0.05)
+        assert lost == [case_id]
+        assert [e["detail"] for e in await late()] == [{"status": "succeeded"}]
+        case = await stack.get(case_id)
+        assert (case["state"], _step(case, "revoke_sessions")) == ("cancelled", "succeeded")
+        assert len(stack.calls("Revoke-MgUserSignInSession")) == 1
