@@ -31,7 +31,8 @@ def utc_now() -> datetime:
 
 
 class WorkSignal:
-    """Wakes the in-process worker at once when the API creates or changes a case."""
+    """A wake-up kept until the next wait: the in-process worker's when the API creates or changes a
+    case, a webhook dispatcher's, a live view's watch of a case (:meth:`CaseEvents.watch`)."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
@@ -59,54 +60,38 @@ class CaseEvents:
     """
 
     def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._waiters: dict[str, set[WorkSignal]] = {}
         self.listeners: list[Callable[[str], None]] = []
 
     def publish(self, case_id: str) -> None:
-        for event in self._waiters.get(case_id, set()) | self._waiters.get("*", set()):
-            event.set()
+        for signal in self._waiters.get(case_id, set()) | self._waiters.get("*", set()):
+            signal.notify()
         for listener in self.listeners:
             listener(case_id)
 
     @contextlib.contextmanager
-    def watch(self, case_id: str) -> Iterator[Watch]:
+    def watch(self, case_id: str) -> Iterator[WorkSignal]:
         """News of ``case_id`` (``"*"``: of every case) for as long as the block runs.
 
         A view reads, then sends what it read, then waits: a change published while it reads or
         sends is kept for its next wait, which returns at once. A waiter made only when the view
         starts waiting would miss it, and the view would sit until its next poll.
         """
-        watch = Watch()
-        self._waiters.setdefault(case_id, set()).add(watch.woken)
+        signal = WorkSignal()
+        self._waiters.setdefault(case_id, set()).add(signal)
         try:
-            yield watch
+            yield signal
         finally:
             waiters = self._waiters.get(case_id)
             if waiters is not None:
-                waiters.discard(watch.woken)
+                waiters.discard(signal)
                 if not waiters:
                     del self._waiters[case_id]
 
     async def wait(self, case_id: str, seconds: float) -> bool:
         """Did ``case_id`` change within ``seconds`` from now?"""
-        with self.watch(case_id) as watch:
-            return await watch.next(seconds)
-
-
-@dataclass(slots=True)
-class Watch:
-    """One view's news of a case (:meth:`CaseEvents.watch`)."""
-
-    woken: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def next(self, seconds: float) -> bool:
-        """Has the case changed since the last call (or since the watch began)? Waits up to ``seconds``."""
-        try:
-            await asyncio.wait_for(self.woken.wait(), seconds)
-        except TimeoutError:
-            return False
-        self.woken.clear()
-        return True
+        with self.watch(case_id) as signal:
+            return await signal.wait(seconds)
 
 
 class Reservation(Protocol):

@@ -74,7 +74,7 @@ async def timeline(
             if state in TERMINAL_STATES:
                 yield {"event": "end", "data": json.dumps({"state": state, "outcome": outcome})}
                 return
-            await news.next(POLL_SECONDS)
+            await news.wait(POLL_SECONDS)
 
 
 def stream(runtime: Runtime, case_id: str, after: int, allowed: StillAllowed) -> EventSourceResponse:

@@ -499,14 +499,7 @@ class Engine:
 
         def build(case: CaseSnapshot) -> CaseChange | None:
             if case.state is CaseState.cancelled:
-                return timeline.finished_late(
-                    state=case.state,
-                    step=step,
-                    status=StepStatus.failed if isinstance(outcome.result, rules.Failed) else StepStatus.succeeded,
-                    error=outcome.result.as_error() if isinstance(outcome.result, rules.Failed) else None,
-                    now=now,
-                    ttl=settings.credential_ttl,
-                )
+                return self._finished_late(case, step, outcome, now)
             if case.lease_owner != self.worker_id or case.step(step).status is not StepStatus.running:
                 return None
             decision = rules.decide(
@@ -632,29 +625,17 @@ class Engine:
         runs the step again, makes the same change, and records it.
         """
         step = ahead.step
-        try:
-            outcome = await ahead.task
-        except asyncio.CancelledError:
-            return  # the worker is stopping
-        except Exception as error:  # a fault of the step's own: nobody else awaits it to see it
-            log.error("sent_ahead_failed", error_class=type(error).__name__, exc_info=error)
+        await asyncio.wait([ahead.task])  # its answer or its failure, whichever it gives
+        if ahead.task.cancelled() or ahead.task.exception() is not None:
+            _unheard(ahead.task)  # a fault of the step's own: said as for any step sent ahead
             return
-        result = outcome.result
-        failed = isinstance(result, rules.Failed)
+        outcome = ahead.task.result()
         now = self.now()
-        ttl = self.runtime.settings.credential_ttl
 
         def build(case: CaseSnapshot) -> CaseChange | None:
             if case.state not in TERMINAL_STATES or case.step(step).status is StepStatus.running:
                 return None
-            return timeline.finished_late(
-                state=case.state,
-                step=step,
-                status=StepStatus.failed if failed else StepStatus.succeeded,
-                error=result.as_error() if isinstance(result, rules.Failed) else None,
-                now=now,
-                ttl=ttl,
-            )
+            return self._finished_late(case, step, outcome, now)
 
         try:
             written = await change_case(self.runtime.db, case_id=ahead.case_id, build=build, now=now)
@@ -666,6 +647,18 @@ class Engine:
             return
         log.info("sent_ahead_effect_recorded", step=step.value, **_outcome_fields(outcome))
         self.runtime.events.publish(ahead.case_id)
+
+    def _finished_late(self, case: CaseSnapshot, step: StepName, outcome: StepOutcome, now: datetime) -> CaseChange:
+        """``step``'s result kept on a case that ended while it ran (see :func:`timeline.finished_late`)."""
+        result = outcome.result
+        return timeline.finished_late(
+            state=case.state,
+            step=step,
+            status=StepStatus.failed if isinstance(result, rules.Failed) else StepStatus.succeeded,
+            error=result.as_error() if isinstance(result, rules.Failed) else None,
+            now=now,
+            ttl=self.runtime.settings.credential_ttl,
+        )
 
     async def _password_for(self, case: CaseSnapshot, step: StepName) -> tuple[str | None, SealedSecret | None]:
         """The reset's password: sealed and stored before the first attempt, reused by retries."""
